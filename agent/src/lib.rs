@@ -4,13 +4,35 @@
 //!
 //! ## Layout
 //!
+//! - [`config`]: the configuration file, its defaults and its validation.
+//! - [`daemon`]: `defect-agent run`: start-up order, systemd readiness and watchdog, drain on
+//!   SIGTERM.
+//! - [`sources`]: where frames come from: hot folders and HTTP upload.
+//! - [`pipeline`]: bounded queue, deadlines, inference worker threads, and the output stage
+//!   (log, then publish, then complete).
+//! - [`serving`]: the model in service, validated before it serves, swapped between frames.
+//! - [`mqtt`]: the topic contract, the broker connection and what is published when.
+//! - [`result_log`]: the local result log (sled) every outcome is written to first.
+//! - [`health`]: the `ready` flag and the counters behind it.
+//! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.
+//! - [`demo`]: `defect-agent demo`: the whole path on a fresh machine, with an embedded broker.
 //!
 //! Model packaging, loading and inference live in the `defect-models` crate.
 
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod embedded;
+pub mod health;
+pub mod mqtt;
+pub mod outcome;
+pub mod pipeline;
+pub mod result_log;
+pub mod serving;
+pub mod sources;

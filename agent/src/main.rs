@@ -5,8 +5,13 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use defect_agent::{classify, embedded};
+use defect_agent::config::Config;
+use defect_agent::serving::ModelSource;
+use defect_agent::{classify, daemon, demo, embedded};
 use defect_models::{Bundle, gate};
+
+/// Exit code of a configuration that cannot be used (EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(
@@ -21,6 +26,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the daemon: take frames, decide, publish over MQTT.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve this bundle file instead of the model store or the shipped bundle.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// Check a configuration file and report every problem; exit 78 if it has any.
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the whole path on this machine with an embedded broker and the sample frames.
+    Demo {
+        /// Folder with sample frames and their labels.csv.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Seconds to wait for all decisions.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Classify image files once and print a decision per file.
     ///
     /// Exit status: 0 when every file was classified, 1 when any file could not be,
@@ -44,6 +73,53 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run { config, bundle } => {
+            init_logging("info");
+            let config = match Config::load(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("defect-agent: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let model = match (bundle, &config.agent.model_store) {
+                (Some(path), _) => ModelSource::File(path),
+                (None, Some(store)) => ModelSource::Store(store.clone()),
+                (None, None) => ModelSource::Shipped,
+            };
+            exit_with(runtime().and_then(|rt| {
+                rt.block_on(async {
+                    daemon::run(config, model, shutdown_signal(), None)
+                        .await
+                        .context("defect-agent")
+                })
+            }))
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(parsed) => {
+                println!(
+                    "{}: ok ({} station(s), broker {}:{}, topics under {})",
+                    config.display(),
+                    parsed.stations.len(),
+                    parsed.mqtt.host,
+                    parsed.mqtt.port,
+                    parsed.mqtt.topic_prefix
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("defect-agent: {err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Demo { samples, timeout } => {
+            init_logging("warn");
+            let options = demo::DemoOptions {
+                samples: samples.unwrap_or_else(demo::default_samples),
+                timeout: std::time::Duration::from_secs(timeout),
+            };
+            exit_with(runtime().and_then(|rt| rt.block_on(demo::run(options))))
+        }
         Command::Classify {
             files,
             bundle,
@@ -71,6 +147,53 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn exit_with(result: Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("defect-agent: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
     }
 }
 

@@ -13,6 +13,7 @@
 //! - [`classifier`]: tract inference; a shared [`Model`] and a per-thread [`Classifier`].
 //! - [`decision`]: scores to pass or reject with per-class thresholds.
 //! - [`gate`]: the validation gate run before a bundle may serve.
+//! - [`store`]: the on-disk model store: content-addressed bundles and atomic pointers.
 //!
 //! The format is documented for ops and customers in `models/MANIFEST.md`.
 
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod gate;
 pub mod manifest;
 pub mod preprocess;
+pub mod store;
 
 pub use bundle::{Bundle, BundleError};
 pub use classifier::{Classification, Classifier, ClassifyError, Model, ModelError, Timings};

@@ -46,7 +46,7 @@ pub fn write(entries: &[(String, &[u8])]) -> Result<Vec<u8>, BundleError> {
 /// Refuses anything but regular files with plain relative names, duplicate names, more than
 /// [`MAX_ENTRIES`] entries, entries over [`MAX_ENTRY_BYTES`], and truncated archives.
 pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
-    if bytes.len() < 1024 || bytes.len() % 512 != 0 {
+    if bytes.len() < 1024 || !bytes.len().is_multiple_of(512) {
         return Err(BundleError::NotABundle(format!(
             "{} bytes is not a whole tar archive (truncated, or another kind of file)",
             bytes.len()

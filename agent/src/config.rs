@@ -1,0 +1,673 @@
+//! The daemon's configuration file: what it holds, its defaults and its validation.
+//!
+//! This module owns the TOML schema of `defect-agent run --config FILE` and
+//! `defect-agent check-config --config FILE`. Every field has a default that is safe on a real
+//! line, and [`Config::load`] reports every problem at once, each naming its key, before
+//! anything starts. It does not own what the settings do: each component reads its section.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pipeline, model and local state settings.
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// The MQTT broker the decisions go to.
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    /// The local result log and the `results` traceability topic.
+    #[serde(default)]
+    pub results: ResultsSection,
+    /// The HTTP frame upload endpoint; absent means no HTTP listener.
+    #[serde(default)]
+    pub http: Option<HttpSection>,
+    /// The inspection stations this box serves, one camera each.
+    #[serde(default, rename = "station")]
+    pub stations: Vec<StationSection>,
+}
+
+/// Pipeline, model and local state settings (`[agent]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Inference worker threads; 0 means one per CPU core.
+    #[serde(default)]
+    pub workers: usize,
+    /// Frames that may wait for a worker; a frame arriving at a full queue gets "no decision"
+    /// at once.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Time from a frame's arrival to its decision; past it, "no decision" is published.
+    #[serde(default = "default_decision_deadline_ms")]
+    pub decision_deadline_ms: u64,
+    /// Folder for local state (the result log); must be writable.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Model store whose `current` bundle is served; absent means the shipped bundle.
+    #[serde(default)]
+    pub model_store: Option<PathBuf>,
+    /// How often the model store's `current` pointer is checked for a new bundle.
+    #[serde(default = "default_model_poll_ms")]
+    pub model_poll_ms: u64,
+    /// Decode large JPEGs at a reduced DCT scale when the model needs far fewer pixels.
+    #[serde(default = "default_true")]
+    pub dct_scaling: bool,
+    /// Largest accepted frame file or upload, in bytes.
+    #[serde(default = "default_max_frame_bytes")]
+    pub max_frame_bytes: u64,
+}
+
+/// Which MQTT protocol version to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// MQTT 5, with message expiry on decisions.
+    #[serde(rename = "v5")]
+    V5,
+    /// MQTT 3.1.1, for older brokers.
+    #[serde(rename = "v3.1.1")]
+    V311,
+}
+
+/// How decision messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// Compact ASCII JSON with short keys and integers only.
+    Json,
+    /// Comma-separated integers in a fixed order, for PLCs that cannot parse JSON.
+    Csv,
+}
+
+/// The MQTT broker connection (`[mqtt]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host name or address.
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    /// Broker port.
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    /// Protocol version: `v5` or `v3.1.1`.
+    #[serde(default = "default_protocol")]
+    pub protocol: Protocol,
+    /// Client id; empty means `defect-agent-<hostname>`.
+    #[serde(default)]
+    pub client_id: String,
+    /// Topic prefix in the ISA-95 habit, such as `acme/plant1/assembly/line3/vision`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Decision payload format: `json` or `csv`.
+    #[serde(default = "default_payload")]
+    pub payload: PayloadFormat,
+    /// MQTT 5 message expiry of decisions, in seconds (about the line's transit time).
+    #[serde(default = "default_decision_expiry_s")]
+    pub decision_expiry_s: u32,
+    /// Keep-alive interval in seconds; the Last Will fires about 1.5 times this after a crash.
+    #[serde(default = "default_keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Heartbeat period in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// First reconnect delay in milliseconds; doubles up to `reconnect_max_ms`, with jitter.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in milliseconds.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// User name for the broker.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the broker password (kept out of the config file).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// TLS settings; absent means plain TCP.
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// TLS to the broker (`[mqtt.tls]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM file of the certificate authority that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// PEM client certificate, for brokers that require client authentication.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// The local result log (`[results]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSection {
+    /// Most results kept undelivered; past it the oldest are dropped, with a log line.
+    #[serde(default = "default_results_max_entries")]
+    pub max_entries: u64,
+    /// Oldest undelivered result kept, in hours; older ones are dropped, with a log line.
+    #[serde(default = "default_results_max_age_h")]
+    pub max_age_h: u64,
+}
+
+/// The HTTP frame upload endpoint (`[http]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address and port to listen on, such as `127.0.0.1:8080`.
+    pub listen: String,
+}
+
+/// What happens to a frame file once its decision is in the result log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDecision {
+    /// Delete the file.
+    Delete,
+    /// Move the file into `move_to`.
+    Move,
+}
+
+/// One inspection station (`[[station]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StationSection {
+    /// Station id, one topic level: lowercase letters, digits, `-` and `_`.
+    pub id: String,
+    /// The hot folder the station's camera writes into; absent means HTTP only.
+    #[serde(default)]
+    pub hot_folder: Option<HotFolderSection>,
+}
+
+/// A camera's hot folder (`[station.hot_folder]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotFolderSection {
+    /// The folder the camera writes frames into.
+    pub path: PathBuf,
+    /// Regular expression on the file name whose `part` group is the part id (digits);
+    /// a name it does not match gets a generated part id.
+    #[serde(default = "default_part_id_pattern")]
+    pub part_id_pattern: String,
+    /// `delete` or `move` the file once decided.
+    #[serde(default = "default_after")]
+    pub after: AfterDecision,
+    /// Folder decided files are moved to, with `after = "move"`.
+    #[serde(default)]
+    pub move_to: Option<PathBuf>,
+}
+
+const fn default_queue_capacity() -> usize {
+    8
+}
+const fn default_decision_deadline_ms() -> u64 {
+    500
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/defect-agent")
+}
+const fn default_model_poll_ms() -> u64 {
+    1000
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_max_frame_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_mqtt_host() -> String {
+    "127.0.0.1".to_owned()
+}
+const fn default_mqtt_port() -> u16 {
+    1883
+}
+const fn default_protocol() -> Protocol {
+    Protocol::V5
+}
+fn default_topic_prefix() -> String {
+    "factory/vision".to_owned()
+}
+const fn default_payload() -> PayloadFormat {
+    PayloadFormat::Json
+}
+const fn default_decision_expiry_s() -> u32 {
+    5
+}
+const fn default_keep_alive_s() -> u64 {
+    5
+}
+const fn default_heartbeat_ms() -> u64 {
+    1000
+}
+const fn default_reconnect_min_ms() -> u64 {
+    200
+}
+const fn default_reconnect_max_ms() -> u64 {
+    10_000
+}
+const fn default_results_max_entries() -> u64 {
+    1_000_000
+}
+const fn default_results_max_age_h() -> u64 {
+    7 * 24
+}
+fn default_part_id_pattern() -> String {
+    r"(?P<part>\d+)".to_owned()
+}
+const fn default_after() -> AfterDecision {
+    AfterDecision::Delete
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        AgentSection {
+            workers: 0,
+            queue_capacity: default_queue_capacity(),
+            decision_deadline_ms: default_decision_deadline_ms(),
+            state_dir: default_state_dir(),
+            model_store: None,
+            model_poll_ms: default_model_poll_ms(),
+            dct_scaling: true,
+            max_frame_bytes: default_max_frame_bytes(),
+        }
+    }
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            protocol: default_protocol(),
+            client_id: String::new(),
+            topic_prefix: default_topic_prefix(),
+            payload: default_payload(),
+            decision_expiry_s: default_decision_expiry_s(),
+            keep_alive_s: default_keep_alive_s(),
+            heartbeat_ms: default_heartbeat_ms(),
+            reconnect_min_ms: default_reconnect_min_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+            username: None,
+            password_file: None,
+            tls: None,
+        }
+    }
+}
+
+impl Default for ResultsSection {
+    fn default() -> Self {
+        ResultsSection {
+            max_entries: default_results_max_entries(),
+            max_age_h: default_results_max_age_h(),
+        }
+    }
+}
+
+/// One problem in a configuration, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, such as `station[1].hot_folder.path`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why a configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("config {path} does not parse: {source}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML error, with line and column.
+        source: Box<toml::de::Error>,
+    },
+    /// The file parses but has problems; all of them are listed.
+    #[error("config {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let problems = config.problems();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem of a parsed configuration; empty when it is usable.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut p = Problems::default();
+        self.check_agent(&mut p);
+        self.check_mqtt(&mut p);
+        self.check_stations(&mut p);
+        if let Some(http) = &self.http
+            && http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.add(
+                "http.listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8080",
+                    http.listen
+                ),
+            );
+        }
+        if self.results.max_entries == 0 {
+            p.add("results.max_entries", "must be at least 1");
+        }
+        if self.results.max_age_h == 0 {
+            p.add("results.max_age_h", "must be at least 1");
+        }
+        p.0
+    }
+
+    fn check_agent(&self, p: &mut Problems) {
+        let a = &self.agent;
+        if a.queue_capacity == 0 {
+            p.add("agent.queue_capacity", "must be at least 1");
+        }
+        if !(10..=60_000).contains(&a.decision_deadline_ms) {
+            p.add(
+                "agent.decision_deadline_ms",
+                format!("{} is outside 10 to 60000", a.decision_deadline_ms),
+            );
+        }
+        if a.workers > 256 {
+            p.add("agent.workers", format!("{} is more than 256", a.workers));
+        }
+        if a.model_poll_ms < 50 {
+            p.add("agent.model_poll_ms", "must be at least 50");
+        }
+        if a.max_frame_bytes < 1024 {
+            p.add("agent.max_frame_bytes", "must be at least 1024");
+        }
+        if a.state_dir.as_os_str().is_empty() {
+            p.add("agent.state_dir", "must not be empty");
+        }
+        if let Some(store) = &a.model_store
+            && store.as_os_str().is_empty()
+        {
+            p.add("agent.model_store", "must not be empty when given");
+        }
+    }
+
+    fn check_mqtt(&self, p: &mut Problems) {
+        let m = &self.mqtt;
+        if m.host.trim().is_empty() {
+            p.add("mqtt.host", "must not be empty");
+        }
+        if m.port == 0 {
+            p.add("mqtt.port", "must not be 0");
+        }
+        check_topic_prefix(&m.topic_prefix, p);
+        if m.decision_expiry_s == 0 {
+            p.add("mqtt.decision_expiry_s", "must be at least 1");
+        }
+        if !(1..=3600).contains(&m.keep_alive_s) {
+            p.add(
+                "mqtt.keep_alive_s",
+                format!("{} is outside 1 to 3600", m.keep_alive_s),
+            );
+        }
+        if m.heartbeat_ms < 100 {
+            p.add("mqtt.heartbeat_ms", "must be at least 100");
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_min_ms > m.reconnect_max_ms {
+            p.add(
+                "mqtt.reconnect_min_ms",
+                "must be at least 1 and at most mqtt.reconnect_max_ms",
+            );
+        }
+        if m.password_file.is_some() && m.username.is_none() {
+            p.add("mqtt.password_file", "needs mqtt.username");
+        }
+        if let Some(tls) = &m.tls
+            && tls.client_cert.is_some() != tls.client_key.is_some()
+        {
+            p.add(
+                "mqtt.tls.client_cert",
+                "client_cert and client_key go together",
+            );
+        }
+        if m.client_id.len() > 64 {
+            p.add("mqtt.client_id", "is longer than 64 characters");
+        }
+    }
+
+    fn check_stations(&self, p: &mut Problems) {
+        if self.stations.is_empty() {
+            p.add("station", "at least one [[station]] is needed");
+        }
+        let mut seen = BTreeSet::new();
+        let mut folders = BTreeSet::new();
+        for (i, station) in self.stations.iter().enumerate() {
+            let key = format!("station[{i}]");
+            if !is_topic_level(&station.id) {
+                p.add(
+                    format!("{key}.id"),
+                    format!(
+                        "{:?} must be 1 to 64 lowercase letters, digits, '-' or '_'",
+                        station.id
+                    ),
+                );
+            } else if !seen.insert(station.id.clone()) {
+                p.add(
+                    format!("{key}.id"),
+                    format!("{:?} is used by another station", station.id),
+                );
+            }
+            let Some(folder) = &station.hot_folder else {
+                continue;
+            };
+            if folder.path.as_os_str().is_empty() {
+                p.add(format!("{key}.hot_folder.path"), "must not be empty");
+            } else if !folders.insert(folder.path.clone()) {
+                p.add(
+                    format!("{key}.hot_folder.path"),
+                    format!("{} is watched by another station", folder.path.display()),
+                );
+            }
+            match regex::Regex::new(&folder.part_id_pattern) {
+                Ok(re) if re.capture_names().flatten().any(|n| n == "part") => {}
+                Ok(_) => p.add(
+                    format!("{key}.hot_folder.part_id_pattern"),
+                    "needs a named group (?P<part>...)",
+                ),
+                Err(e) => p.add(
+                    format!("{key}.hot_folder.part_id_pattern"),
+                    format!("is not a regular expression: {e}"),
+                ),
+            }
+            match (folder.after, &folder.move_to) {
+                (AfterDecision::Move, None) => p.add(
+                    format!("{key}.hot_folder.move_to"),
+                    "is needed with after = \"move\"",
+                ),
+                (AfterDecision::Move, Some(to)) if *to == folder.path => p.add(
+                    format!("{key}.hot_folder.move_to"),
+                    "must differ from the watched folder",
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Number of inference workers: the configured count, or one per core.
+    pub fn worker_count(&self) -> usize {
+        if self.agent.workers > 0 {
+            self.agent.workers
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+fn check_topic_prefix(prefix: &str, p: &mut Problems) {
+    if prefix.is_empty() {
+        p.add("mqtt.topic_prefix", "must not be empty");
+        return;
+    }
+    if prefix.starts_with('/') || prefix.ends_with('/') {
+        p.add("mqtt.topic_prefix", "must not start or end with '/'");
+    }
+    if prefix.contains(['#', '+']) || prefix.chars().any(|c| c.is_control()) {
+        p.add(
+            "mqtt.topic_prefix",
+            "must not contain '#', '+' or control characters",
+        );
+    }
+    if prefix.split('/').any(str::is_empty) {
+        p.add("mqtt.topic_prefix", "must not have empty levels ('//')");
+    }
+}
+
+/// Whether `s` is a valid station id: one lowercase topic level.
+pub fn is_topic_level(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_takes_safe_defaults() {
+        let config = parse("[[station]]\nid = \"cam1\"\n").expect("valid");
+        assert_eq!(config.agent.decision_deadline_ms, 500);
+        assert_eq!(config.mqtt.protocol, Protocol::V5);
+        assert_eq!(config.mqtt.payload, PayloadFormat::Json);
+        assert!(config.http.is_none());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+[agent]
+queue_capacity = 0
+decision_deadline_ms = 5
+[mqtt]
+topic_prefix = "/acme/+/line"
+port = 0
+[http]
+listen = "everywhere"
+[[station]]
+id = "Cam 1"
+[station.hot_folder]
+path = "/srv/frames"
+part_id_pattern = "(\\d+)"
+after = "move"
+"#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
+            panic!("expected problems");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "agent.queue_capacity",
+            "agent.decision_deadline_ms",
+            "mqtt.topic_prefix",
+            "mqtt.port",
+            "http.listen",
+            "station[0].id",
+            "station[0].hot_folder.part_id_pattern",
+            "station[0].hot_folder.move_to",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = parse("[agent]\nworkrs = 2\n[[station]]\nid = \"a\"\n").expect_err("typo");
+        assert!(err.to_string().contains("workrs"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_stations_and_folders_are_refused() {
+        let text = r#"
+[[station]]
+id = "a"
+hot_folder = { path = "/x" }
+[[station]]
+id = "a"
+hot_folder = { path = "/x" }
+"#;
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
+            panic!("expected problems");
+        };
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

@@ -1,0 +1,292 @@
+//! `defect-agent run`: wires the components together and runs until told to stop.
+//!
+//! This module owns the daemon's lifecycle: start-up order (result log, MQTT session, model
+//! validated and warmed up, then `READY=1` to systemd without waiting for the broker, then the
+//! workers and frame sources), the systemd watchdog (pinged only while the pipeline makes
+//! progress), periodic retention of the result log, and the clean shutdown on SIGTERM:
+//! `STOPPING=1`, no new frames, every frame in flight decided and logged, `offline` published.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::health::Health;
+use crate::pipeline::{OutputStage, Pipeline, spawn_output, spawn_workers};
+use crate::result_log::{ResultLog, RetentionPolicy};
+use crate::serving::{self, ModelSlot, ModelSource};
+use crate::sources::{hot_folder, http};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state folder could not be created.
+    #[error("agent.state_dir {path}: {source}")]
+    StateDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The result log could not be opened.
+    #[error(transparent)]
+    ResultLog(#[from] crate::result_log::ResultLogError),
+    /// The MQTT link could not be set up.
+    #[error(transparent)]
+    Mqtt(#[from] crate::mqtt::link::LinkError),
+    /// No model could be put in service.
+    #[error(transparent)]
+    Model(#[from] serving::ServingError),
+    /// A hot folder could not be watched.
+    #[error(transparent)]
+    HotFolder(#[from] hot_folder::HotFolderError),
+    /// The HTTP listener could not start.
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+    /// A worker thread could not be started.
+    #[error("cannot start inference workers: {0}")]
+    Workers(std::io::Error),
+}
+
+/// What a running daemon exposes to its caller (tests and the demo).
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Address of the HTTP listener, when configured.
+    pub http: Option<std::net::SocketAddr>,
+    /// Shared health counters.
+    pub health: Arc<Health>,
+}
+
+/// Runs the daemon until `shutdown` resolves, then drains and returns. `started` receives
+/// what is running once frames are taken.
+pub async fn run(
+    config: Config,
+    model: ModelSource,
+    shutdown: impl Future<Output = ()>,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), DaemonError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state_dir = &config.agent.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let log = ResultLog::open(
+        &state_dir.join("results"),
+        RetentionPolicy {
+            max_entries: config.results.max_entries,
+            max_age: Duration::from_secs(config.results.max_age_h * 3600),
+        },
+    )?;
+    let health = Arc::new(Health::default());
+    let client_id = client_id(&config);
+    let publisher = crate::mqtt::start(&config.mqtt, client_id, log.clone(), Arc::clone(&health))?;
+
+    let slot = Arc::new(ModelSlot::default());
+    let serving_sha = start_model(&model, &slot, &health, &publisher).await?;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+
+    let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
+    let (pipeline, parts) = Pipeline::new(config.agent.queue_capacity, deadline);
+    let workers = spawn_workers(
+        config.worker_count(),
+        &parts.queue,
+        &pipeline,
+        &slot,
+        config.agent.dct_scaling,
+    )
+    .map_err(DaemonError::Workers)?;
+    drop(parts.queue);
+    let output = spawn_output(
+        OutputStage {
+            log: log.clone(),
+            publisher: publisher.clone(),
+            health: Arc::clone(&health),
+            pipeline: pipeline.clone(),
+        },
+        parts.outcomes,
+    );
+
+    let mut background = Vec::new();
+    if let ModelSource::Store(root) = &model {
+        background.push(tokio::spawn(serving::watch_store(
+            root.clone(),
+            serving_sha,
+            Duration::from_millis(config.agent.model_poll_ms),
+            Arc::clone(&slot),
+            Arc::clone(&health),
+            publisher.clone(),
+        )));
+    }
+    background.push(tokio::spawn(retention(log.clone())));
+    background.push(tokio::spawn(watchdog(
+        pipeline.clone(),
+        Arc::clone(&health),
+    )));
+
+    let mut folders = Vec::new();
+    for station in &config.stations {
+        if let Some(section) = &station.hot_folder {
+            folders.push(hot_folder::watch(
+                &station.id,
+                section,
+                pipeline.clone(),
+                config.agent.max_frame_bytes,
+            )?);
+        }
+    }
+    let (stop_http, http_stopped) = watch::channel(false);
+    let mut http_address = None;
+    let mut http_task = None;
+    if let Some(section) = &config.http {
+        let stations: BTreeSet<String> = config.stations.iter().map(|s| s.id.clone()).collect();
+        let (address, listener, router) = http::bind(
+            &section.listen,
+            pipeline.clone(),
+            stations,
+            Arc::clone(&health),
+            config.agent.max_frame_bytes,
+        )
+        .await?;
+        http_address = Some(address);
+        let mut stopped = http_stopped.clone();
+        http_task = Some(tokio::spawn(http::serve(listener, router, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })));
+    }
+    tracing::info!(
+        stations = config.stations.len(),
+        workers = workers.len(),
+        deadline_ms = config.agent.decision_deadline_ms,
+        "agent running"
+    );
+    if let Some(started) = started {
+        let _ = started.send(Running {
+            http: http_address,
+            health: Arc::clone(&health),
+        });
+    }
+
+    shutdown.await;
+    tracing::info!(
+        in_flight = pipeline.in_flight(),
+        "stopping: no new frames; deciding the frames in flight"
+    );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    for folder in folders {
+        folder.stop();
+    }
+    let _ = stop_http.send(true);
+    let drain_limit = tokio::time::Instant::now() + deadline + Duration::from_secs(5);
+    while pipeline.in_flight() > 0 && tokio::time::Instant::now() < drain_limit {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if pipeline.in_flight() > 0 {
+        tracing::error!(
+            in_flight = pipeline.in_flight(),
+            "frames still in flight at shutdown"
+        );
+    }
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    for task in background {
+        task.abort();
+    }
+    // Every live outcome is logged and completed; the output stage may stop.
+    output.abort();
+    publisher.shutdown().await;
+    // The worker threads are idle; they end with the process.
+    drop(workers);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Puts the first model in service; a store without a usable `current` falls back to the
+/// shipped bundle, with the reason on the status.
+async fn start_model(
+    model: &ModelSource,
+    slot: &ModelSlot,
+    health: &Health,
+    publisher: &crate::mqtt::Publisher,
+) -> Result<Option<String>, DaemonError> {
+    match serving::load_initial(model, slot, health, publisher).await {
+        Ok(Some(sha)) => Ok(Some(sha)),
+        Ok(None) => {
+            tracing::warn!("the model store has no current bundle; serving the shipped bundle");
+            serving::load_initial(&ModelSource::Shipped, slot, health, publisher).await?;
+            Ok(None)
+        }
+        Err(error) if matches!(model, ModelSource::Store(_)) => {
+            tracing::error!(%error, "the model store's current bundle is unusable; serving the shipped bundle");
+            publisher.model_error(Some(error.to_string()));
+            serving::load_initial(&ModelSource::Shipped, slot, health, publisher).await?;
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn client_id(config: &Config) -> String {
+    if !config.mqtt.client_id.is_empty() {
+        return config.mqtt.client_id.clone();
+    }
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        format!("defect-agent-{}", std::process::id())
+    } else {
+        format!("defect-agent-{host}")
+    }
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::debug!(%error, "systemd notification not sent");
+    }
+}
+
+/// Pings the systemd watchdog while the pipeline makes progress: idle, or deciding frames.
+async fn watchdog(pipeline: Pipeline, health: Arc<Health>) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return;
+    }
+    let period = Duration::from_micros(usec / 3).max(Duration::from_millis(100));
+    let mut last = health.counts().outcomes;
+    loop {
+        tokio::time::sleep(period).await;
+        let now = health.counts().outcomes;
+        if pipeline.in_flight() == 0 || now != last {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::warn!(
+                in_flight = pipeline.in_flight(),
+                "no frame decided for a watchdog period; not pinging"
+            );
+        }
+        last = now;
+    }
+}
+
+/// Applies the result log's retention policy every minute.
+async fn retention(log: ResultLog) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        ticker.tick().await;
+        let log = log.clone();
+        let now = crate::outcome::unix_ms();
+        match tokio::task::spawn_blocking(move || log.enforce_retention(now)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(dropped)) => {
+                tracing::warn!(dropped, "result log retention dropped undelivered results");
+            }
+            Ok(Err(error)) => tracing::error!(%error, "result log retention failed"),
+            Err(error) => tracing::error!(%error, "result log retention task failed"),
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! One connection to the broker, over MQTT 5 or 3.1.1, with reconnects.
+//!
+//! This module owns the rumqttc client and its event loop: it hides which protocol version is
+//! spoken, polls the event loop on a task of its own (the loop must be polled continuously or
+//! nothing is sent), reconnects with exponential backoff and jitter (rumqttc retries at once
+//! by itself), and reports what matters to the session as [`LinkEvent`]s. Every connection is
+//! a clean session: whatever was not sent when the link dropped is discarded, never replayed
+//! late; the session above decides what to send again.
+
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::v5::mqttbytes::v5 as v5b;
+use tokio::sync::mpsc;
+
+use crate::config::{MqttSection, Protocol};
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Full topic.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// QoS 1 when true, QoS 0 otherwise.
+    pub at_least_once: bool,
+    /// Retained on the broker.
+    pub retain: bool,
+    /// MQTT 5 message expiry in seconds; ignored over 3.1.1.
+    pub expiry_s: Option<u32>,
+}
+
+/// What the link reports to the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// The broker accepted the connection (a new clean session).
+    Connected,
+    /// The connection failed or dropped; the link reconnects by itself.
+    Disconnected(String),
+    /// A publish left for the broker with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// The broker acknowledged the QoS 1 publish with this packet id.
+    Acked(u16),
+    /// The link was closed on request and stops.
+    Closed,
+}
+
+/// Why the link could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A TLS or credential file could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        /// The file named in the configuration.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The request could not be queued (the link is closed or its queue is full).
+    #[error("publish to {topic} not queued: {reason}")]
+    NotQueued {
+        /// The topic.
+        topic: String,
+        /// rumqttc's reason.
+        reason: String,
+    },
+}
+
+/// Connection settings derived from the configuration.
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    /// The `[mqtt]` section.
+    pub mqtt: MqttSection,
+    /// Client id to connect with.
+    pub client_id: String,
+    /// Last Will: topic and payload, published retained by the broker on an unclean drop.
+    pub will: Option<(String, Vec<u8>)>,
+}
+
+enum Client {
+    V5(rumqttc::v5::AsyncClient),
+    V4(rumqttc::AsyncClient),
+}
+
+/// Handle to publish on the link; the event loop runs on its own task.
+pub struct Link {
+    client: Client,
+}
+
+/// Requests that may wait in rumqttc's channel; the session never queues more than this.
+const REQUEST_CAPACITY: usize = 256;
+
+impl Link {
+    /// Starts the link: returns the handle and the stream of its events. Must be called
+    /// within a tokio runtime.
+    pub fn start(
+        settings: &LinkSettings,
+    ) -> Result<(Link, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let m = &settings.mqtt;
+        let backoff = Backoff::new(
+            Duration::from_millis(m.reconnect_min_ms),
+            Duration::from_millis(m.reconnect_max_ms),
+        );
+        let credentials = credentials(m)?;
+        let transport = transport(m)?;
+        let client = match m.protocol {
+            Protocol::V5 => {
+                let mut options =
+                    rumqttc::v5::MqttOptions::new(&settings.client_id, &m.host, m.port);
+                options
+                    .set_keep_alive(Duration::from_secs(m.keep_alive_s))
+                    .set_clean_start(true)
+                    .set_transport(transport);
+                if let Some((user, password)) = credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some((topic, payload)) = &settings.will {
+                    options.set_last_will(v5b::LastWill::new(
+                        topic,
+                        payload.clone(),
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        true,
+                        None,
+                    ));
+                }
+                let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, REQUEST_CAPACITY);
+                tokio::spawn(run_v5(eventloop, tx, backoff));
+                Client::V5(client)
+            }
+            Protocol::V311 => {
+                let mut options = rumqttc::MqttOptions::new(&settings.client_id, &m.host, m.port);
+                options
+                    .set_keep_alive(Duration::from_secs(m.keep_alive_s))
+                    .set_clean_session(true)
+                    .set_transport(transport);
+                if let Some((user, password)) = credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some((topic, payload)) = &settings.will {
+                    options.set_last_will(rumqttc::LastWill::new(
+                        topic,
+                        payload.clone(),
+                        rumqttc::QoS::AtLeastOnce,
+                        true,
+                    ));
+                }
+                let (client, eventloop) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
+                tokio::spawn(run_v4(eventloop, tx, backoff));
+                Client::V4(client)
+            }
+        };
+        Ok((Link { client }, rx))
+    }
+
+    /// Queues a publish without waiting; fails when the request channel is full or closed.
+    pub fn try_publish(&self, message: &Message) -> Result<(), LinkError> {
+        let not_queued = |reason: String| LinkError::NotQueued {
+            topic: message.topic.clone(),
+            reason,
+        };
+        match &self.client {
+            Client::V5(client) => {
+                let qos = if message.at_least_once {
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce
+                } else {
+                    rumqttc::v5::mqttbytes::QoS::AtMostOnce
+                };
+                let properties = v5b::PublishProperties {
+                    message_expiry_interval: message.expiry_s,
+                    ..Default::default()
+                };
+                client
+                    .try_publish_with_properties(
+                        message.topic.clone(),
+                        qos,
+                        message.retain,
+                        message.payload.clone(),
+                        properties,
+                    )
+                    .map_err(|e| not_queued(e.to_string()))
+            }
+            Client::V4(client) => {
+                let qos = if message.at_least_once {
+                    rumqttc::QoS::AtLeastOnce
+                } else {
+                    rumqttc::QoS::AtMostOnce
+                };
+                client
+                    .try_publish(
+                        message.topic.clone(),
+                        qos,
+                        message.retain,
+                        message.payload.clone(),
+                    )
+                    .map_err(|e| not_queued(e.to_string()))
+            }
+        }
+    }
+
+    /// Asks for a clean MQTT disconnect (the broker then does not publish the Last Will).
+    pub fn try_disconnect(&self) {
+        let result = match &self.client {
+            Client::V5(client) => client.try_disconnect().map_err(|e| e.to_string()),
+            Client::V4(client) => client.try_disconnect().map_err(|e| e.to_string()),
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "disconnect request not queued");
+        }
+    }
+}
+
+fn credentials(m: &MqttSection) -> Result<Option<(String, String)>, LinkError> {
+    let Some(user) = &m.username else {
+        return Ok(None);
+    };
+    let password = match &m.password_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| LinkError::ReadFile {
+                path: path.clone(),
+                source,
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        None => String::new(),
+    };
+    Ok(Some((user.clone(), password)))
+}
+
+fn transport(m: &MqttSection) -> Result<rumqttc::Transport, LinkError> {
+    let Some(tls) = &m.tls else {
+        return Ok(rumqttc::Transport::Tcp);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| LinkError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let ca = read(&tls.ca_file)?;
+    let client_auth = match (&tls.client_cert, &tls.client_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+/// Exponential reconnect delay with full jitter in its upper half.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+
+    /// The delay to wait now; doubles the next one up to the maximum.
+    fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = base / 2;
+        let jitter_ms = rand::rng().random_range(0..=half.as_millis().max(1));
+        half + Duration::from_millis(u64::try_from(jitter_ms).unwrap_or(0))
+    }
+}
+
+async fn run_v5(
+    mut eventloop: rumqttc::v5::EventLoop,
+    tx: mpsc::UnboundedSender<LinkEvent>,
+    mut backoff: Backoff,
+) {
+    use rumqttc::Outgoing;
+    use rumqttc::v5::Event;
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(v5b::Packet::ConnAck(_))) => {
+                backoff.reset();
+                LinkEvent::Connected
+            }
+            Ok(Event::Incoming(v5b::Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = tx.send(LinkEvent::Closed);
+                return;
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                if tx.send(LinkEvent::Disconnected(error.to_string())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.delay()).await;
+                // Requests queued while disconnected are dropped with the clean session.
+                eventloop.clean();
+                continue;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+async fn run_v4(
+    mut eventloop: rumqttc::EventLoop,
+    tx: mpsc::UnboundedSender<LinkEvent>,
+    mut backoff: Backoff,
+) {
+    use rumqttc::{Event, Outgoing, Packet};
+    loop {
+        let event = match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                LinkEvent::Connected
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                let _ = tx.send(LinkEvent::Closed);
+                return;
+            }
+            Ok(_) => continue,
+            Err(error) => {
+                if tx.send(LinkEvent::Disconnected(error.to_string())).is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff.delay()).await;
+                eventloop.clean();
+                continue;
+            }
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        let delays: Vec<Duration> = (0..6).map(|_| b.delay()).collect();
+        for (delay, base) in delays.iter().zip([100u64, 200, 400, 800, 800, 800]) {
+            assert!(
+                *delay >= Duration::from_millis(base / 2) && *delay <= Duration::from_millis(base),
+                "{delay:?} not within the jitter band of {base} ms"
+            );
+        }
+        b.reset();
+        assert!(b.delay() <= Duration::from_millis(100));
+    }
+}

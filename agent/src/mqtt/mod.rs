@@ -1,0 +1,12 @@
+//! MQTT output: the topic contract, the connection, and the publishing session.
+//!
+//! - `payload`: topic names and message bytes (the wire contract PLCs rely on).
+//! - `link`: one rumqttc connection (MQTT 5 or 3.1.1) with reconnect backoff.
+//! - `session`: what is published when: birth/Will status, model, heartbeat, live
+//!   decisions and the store-and-forward `results` topic.
+
+pub mod link;
+pub mod payload;
+pub mod session;
+
+pub use session::{Publisher, start};

@@ -1,0 +1,421 @@
+//! The agent's MQTT session: what is published when, over one [`Link`].
+//!
+//! This module owns the publishing rules of the topic contract: the retained `online` birth
+//! on every connect and `offline` on clean shutdown (the Last Will covers crashes); the
+//! retained `model` description; the periodic `heartbeat` with its `ready` flag; live
+//! `decision`s, sent only while they can still meet their deadline and never replayed late;
+//! and the `results` topic, fed in order from the result log with a window of QoS 1
+//! publishes, advancing the log's delivered cursor only on the broker's acknowledgements.
+//! It runs as one task; other components talk to it through a cloneable [`Publisher`].
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::link::{Link, LinkError, LinkEvent, LinkSettings, Message};
+use super::payload::{self, ModelInfo, Topics};
+use crate::config::MqttSection;
+use crate::health::Health;
+use crate::outcome::{Outcome, unix_ms};
+use crate::result_log::ResultLog;
+
+/// Results published and not yet acknowledged at most.
+const RESULTS_WINDOW: usize = 32;
+
+/// How long a clean shutdown waits for the broker to take the `offline` status.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+enum Command {
+    Decision(Box<Outcome>, Instant),
+    ResultsAvailable,
+    Model(ModelInfo),
+    ModelError(Option<String>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Cloneable handle to the MQTT session task.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Publisher {
+    /// Publishes a live decision if it can reach the broker before `deadline`; otherwise it is
+    /// dropped (it is in the result log and goes out on `results`).
+    pub fn decision(&self, outcome: &Outcome, deadline: Instant) {
+        let _ = self
+            .tx
+            .send(Command::Decision(Box::new(outcome.clone()), deadline));
+    }
+
+    /// Tells the session that new outcomes are in the result log.
+    pub fn results_available(&self) {
+        let _ = self.tx.send(Command::ResultsAvailable);
+    }
+
+    /// Sets the retained model description.
+    pub fn model(&self, info: ModelInfo) {
+        let _ = self.tx.send(Command::Model(info));
+    }
+
+    /// Sets or clears the model error shown on the retained status.
+    pub fn model_error(&self, error: Option<String>) {
+        let _ = self.tx.send(Command::ModelError(error));
+    }
+
+    /// Publishes `offline`, disconnects cleanly and waits until done (or a short grace).
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(done)).is_ok() {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, wait).await;
+        }
+    }
+}
+
+/// What a queued publish was, to match the broker's acknowledgements.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Other,
+    Result(u64),
+}
+
+/// Starts the session task.
+pub fn start(
+    mqtt: &MqttSection,
+    client_id: String,
+    log: ResultLog,
+    health: Arc<Health>,
+) -> Result<Publisher, LinkError> {
+    let topics = Topics::new(&mqtt.topic_prefix);
+    let settings = LinkSettings {
+        mqtt: mqtt.clone(),
+        client_id,
+        will: Some((topics.status(), payload::status(false, None))),
+    };
+    let (link, events) = Link::start(&settings)?;
+    let (tx, commands) = mpsc::unbounded_channel();
+    let session = Session {
+        link,
+        topics,
+        mqtt: mqtt.clone(),
+        log,
+        health,
+        connected: false,
+        held: VecDeque::new(),
+        expect: VecDeque::new(),
+        inflight: HashMap::new(),
+        outstanding: BTreeSet::new(),
+        last_queued: 0,
+        model: None,
+        model_error: None,
+        heartbeats: 0,
+        shutdown: None,
+    };
+    tokio::spawn(session.run(commands, events));
+    Ok(Publisher { tx })
+}
+
+struct Session {
+    link: Link,
+    topics: Topics,
+    mqtt: MqttSection,
+    log: ResultLog,
+    health: Arc<Health>,
+    /// Connected to the broker (a ConnAck since the last error).
+    connected: bool,
+    /// Live decisions waiting for a connection, with their deadlines.
+    held: VecDeque<(Message, Instant)>,
+    /// Publishes queued on this connection and not yet seen leaving, in order.
+    expect: VecDeque<Tag>,
+    /// Result sequence number of each unacknowledged QoS 1 packet id.
+    inflight: HashMap<u16, u64>,
+    /// Result sequence numbers queued on this connection and not yet acknowledged.
+    outstanding: BTreeSet<u64>,
+    /// Highest result sequence number queued on this connection.
+    last_queued: u64,
+    /// The model in service, re-published on every connect.
+    model: Option<ModelInfo>,
+    /// The last model error, shown on the status.
+    model_error: Option<String>,
+    /// Heartbeats sent.
+    heartbeats: u64,
+    /// Set when a clean shutdown is under way.
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    ) {
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(self.mqtt.heartbeat_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut shutdown_deadline: Option<Instant> = None;
+        loop {
+            let grace = async {
+                match shutdown_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                command = commands.recv(), if self.shutdown.is_none() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        self.begin_shutdown(done);
+                        shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+                    }
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                event = events.recv() => match event {
+                    Some(LinkEvent::Closed) | None => break,
+                    Some(event) => self.on_event(event),
+                },
+                _ = heartbeat.tick(), if self.shutdown.is_none() => self.heartbeat(),
+                () = grace => {
+                    tracing::warn!("broker did not confirm the offline status in time");
+                    break;
+                }
+            }
+        }
+        if let Some(done) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Decision(outcome, deadline) => {
+                let message = Message {
+                    topic: self.topics.decision(&outcome.station),
+                    payload: payload::decision(&outcome, self.mqtt.payload),
+                    at_least_once: true,
+                    retain: false,
+                    expiry_s: Some(self.mqtt.decision_expiry_s),
+                };
+                if self.connected {
+                    self.send_decision(message, deadline);
+                } else {
+                    self.held.push_back((message, deadline));
+                    self.drop_expired_held();
+                }
+            }
+            Command::ResultsAvailable => self.fill_results(),
+            Command::Model(info) => {
+                self.model = Some(info);
+                self.publish_model();
+            }
+            Command::ModelError(error) => {
+                if self.model_error != error {
+                    self.model_error = error;
+                    self.publish_status();
+                }
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn begin_shutdown(&mut self, done: oneshot::Sender<()>) {
+        self.shutdown = Some(done);
+        if self.connected {
+            self.publish(
+                Message {
+                    topic: self.topics.status(),
+                    payload: payload::status(false, None),
+                    at_least_once: true,
+                    retain: true,
+                    expiry_s: None,
+                },
+                Tag::Other,
+            );
+            self.link.try_disconnect();
+        } else if let Some(done) = self.shutdown.take() {
+            let _ = done.send(());
+        }
+    }
+
+    fn on_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Connected => {
+                tracing::info!(host = %self.mqtt.host, port = self.mqtt.port, "connected to broker");
+                self.connected = true;
+                self.health.set_broker_connected(true);
+                self.reset_connection_state();
+                self.publish_status();
+                self.publish_model();
+                let held = std::mem::take(&mut self.held);
+                for (message, deadline) in held {
+                    self.send_decision(message, deadline);
+                }
+                self.fill_results();
+            }
+            LinkEvent::Disconnected(error) => {
+                if self.connected {
+                    tracing::warn!(host = %self.mqtt.host, port = self.mqtt.port, %error, "lost the broker; reconnecting");
+                } else {
+                    tracing::debug!(%error, "broker still unreachable");
+                }
+                self.connected = false;
+                self.health.set_broker_connected(false);
+                self.reset_connection_state();
+                if let Some(done) = self.shutdown.take() {
+                    let _ = done.send(());
+                }
+            }
+            LinkEvent::Sent(pkid) => match self.expect.pop_front() {
+                Some(Tag::Result(seq)) => {
+                    self.inflight.insert(pkid, seq);
+                }
+                Some(Tag::Other) | None => {}
+            },
+            LinkEvent::Acked(pkid) => {
+                if let Some(seq) = self.inflight.remove(&pkid) {
+                    self.outstanding.remove(&seq);
+                    self.advance_delivered();
+                    self.fill_results();
+                }
+            }
+            LinkEvent::Closed => {}
+        }
+    }
+
+    /// Forgets everything tied to the previous connection; unacknowledged results are sent
+    /// again from the log's delivered cursor.
+    fn reset_connection_state(&mut self) {
+        self.expect.clear();
+        self.inflight.clear();
+        self.outstanding.clear();
+        self.last_queued = 0;
+    }
+
+    fn send_decision(&mut self, message: Message, deadline: Instant) {
+        if Instant::now() >= deadline {
+            self.health.count_decision_not_sent();
+            tracing::debug!(topic = %message.topic, "decision past its deadline; not published");
+            return;
+        }
+        self.publish(message, Tag::Other);
+    }
+
+    fn drop_expired_held(&mut self) {
+        let now = Instant::now();
+        let before = self.held.len();
+        self.held.retain(|(_, deadline)| *deadline > now);
+        for _ in self.held.len()..before {
+            self.health.count_decision_not_sent();
+        }
+    }
+
+    fn publish(&mut self, message: Message, tag: Tag) -> bool {
+        match self.link.try_publish(&message) {
+            Ok(()) => {
+                self.expect.push_back(tag);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "publish not queued");
+                false
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let message = Message {
+            topic: self.topics.status(),
+            payload: payload::status(true, self.model_error.as_deref()),
+            at_least_once: true,
+            retain: true,
+            expiry_s: None,
+        };
+        self.publish(message, Tag::Other);
+    }
+
+    fn publish_model(&mut self) {
+        let Some(info) = &self.model else { return };
+        if !self.connected {
+            return;
+        }
+        let message = Message {
+            topic: self.topics.model(),
+            payload: payload::model(info),
+            at_least_once: true,
+            retain: true,
+            expiry_s: None,
+        };
+        self.publish(message, Tag::Other);
+    }
+
+    fn heartbeat(&mut self) {
+        self.drop_expired_held();
+        if !self.connected {
+            return;
+        }
+        self.heartbeats += 1;
+        let ready = self.health.ready();
+        let message = Message {
+            topic: self.topics.heartbeat(),
+            payload: payload::heartbeat(self.heartbeats, ready, unix_ms()),
+            at_least_once: false,
+            retain: false,
+            expiry_s: Some(self.mqtt.keep_alive_s.try_into().unwrap_or(u32::MAX)),
+        };
+        self.publish(message, Tag::Other);
+        // A retry in case a notification was missed while the window was full.
+        self.fill_results();
+    }
+
+    /// Queues undelivered results, oldest first, up to the window.
+    fn fill_results(&mut self) {
+        if !self.connected || self.shutdown.is_some() || self.outstanding.len() >= RESULTS_WINDOW {
+            return;
+        }
+        let pending = match self.log.undelivered(RESULTS_WINDOW * 2) {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the result log; results are not forwarded");
+                return;
+            }
+        };
+        for outcome in pending {
+            if self.outstanding.len() >= RESULTS_WINDOW {
+                break;
+            }
+            if outcome.seq <= self.last_queued {
+                continue;
+            }
+            let message = Message {
+                topic: self.topics.results(&outcome.station),
+                payload: payload::result(&outcome),
+                at_least_once: true,
+                retain: false,
+                expiry_s: None,
+            };
+            if !self.publish(message, Tag::Result(outcome.seq)) {
+                break;
+            }
+            self.outstanding.insert(outcome.seq);
+            self.last_queued = outcome.seq;
+        }
+    }
+
+    /// Moves the log's delivered cursor to just below the oldest unacknowledged result.
+    fn advance_delivered(&mut self) {
+        let delivered = match self.outstanding.first() {
+            Some(oldest) => oldest.saturating_sub(1),
+            None => self.last_queued,
+        };
+        if delivered == 0 {
+            return;
+        }
+        if let Err(error) = self.log.mark_delivered(delivered) {
+            tracing::error!(%error, seq = delivered, "cannot record delivered results");
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! From a received frame to its outcome: queue, deadline, workers, then the output stage.
+//!
+//! This module owns the rule that every frame gets exactly one live outcome, in time:
+//! [`Pipeline::submit`] puts a frame on a bounded queue (a full queue answers "no decision"
+//! at once), a deadline timer answers "no decision" when the frame is not decided in time,
+//! and the worker threads (`worker`) decode, preprocess and infer off tokio's threads. Whoever
+//! finishes first claims the frame's [`Ticket`]; a model result that comes after the deadline
+//! is kept as a late record, never published live. Outcomes go to the output stage (`output`)
+//! which logs them before anything else happens.
+
+mod output;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use output::{OutputStage, spawn_output};
+pub use worker::spawn_workers;
+
+use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
+
+/// What to do once a frame's live outcome is in the result log: answer an HTTP request,
+/// remove a file from the hot folder. Given the outcome and whether it was logged.
+pub type Completion = Box<dyn FnOnce(&Outcome, bool) + Send>;
+
+/// One frame on its way to a decision.
+pub struct FrameJob {
+    /// Station the frame belongs to.
+    pub station: String,
+    /// Part id.
+    pub part: u64,
+    /// Acquisition (or arrival) time, Unix milliseconds.
+    pub acquired_ms: u64,
+    /// The encoded image.
+    pub bytes: Vec<u8>,
+    /// Run once the live outcome is logged.
+    pub completion: Option<Completion>,
+}
+
+/// Shared between the worker, the deadline timer and the output stage of one frame: the
+/// frame's identity and times, and who made its live outcome. Whoever claims it first makes
+/// the live outcome.
+pub struct Ticket {
+    /// Station the frame belongs to.
+    pub station: String,
+    /// Part id.
+    pub part: u64,
+    /// Acquisition (or arrival) time, Unix milliseconds.
+    pub acquired_ms: u64,
+    /// When the frame arrived.
+    pub received: Instant,
+    /// When its decision is due.
+    pub deadline: Instant,
+    claimed: AtomicBool,
+    completion: Mutex<Option<Completion>>,
+}
+
+impl Ticket {
+    /// Claims the frame's live outcome; true for the first caller only.
+    pub(crate) fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the live outcome was already made.
+    pub(crate) fn is_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Acquire)
+    }
+
+    fn take_completion(&self) -> Option<Completion> {
+        self.completion.lock().ok().and_then(|mut c| c.take())
+    }
+}
+
+/// A frame queued for the workers.
+pub struct Queued {
+    /// The encoded image.
+    pub(crate) bytes: Vec<u8>,
+    /// The frame's ticket.
+    pub(crate) ticket: Arc<Ticket>,
+}
+
+/// An outcome on its way to the output stage.
+pub struct Emitted {
+    /// The outcome (its `seq` is assigned by the log).
+    pub outcome: Outcome,
+    /// What to run once it is logged (`None` for late records).
+    pub completion: Option<Completion>,
+    /// The frame's decision deadline, for the live publish.
+    pub deadline: Instant,
+}
+
+/// Handle to submit frames; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    queue: crossbeam_channel::Sender<Queued>,
+    emit: mpsc::UnboundedSender<Emitted>,
+    deadline: Duration,
+    in_flight: Arc<AtomicUsize>,
+    generated_parts: Arc<AtomicU64>,
+}
+
+/// The receiving ends the workers and the output stage are built from.
+pub struct PipelineParts {
+    /// Frames for the workers.
+    pub queue: crossbeam_channel::Receiver<Queued>,
+    /// Outcomes for the output stage.
+    pub outcomes: mpsc::UnboundedReceiver<Emitted>,
+}
+
+impl Pipeline {
+    /// A pipeline with a queue of `capacity` frames and a per-frame `deadline`.
+    pub fn new(capacity: usize, deadline: Duration) -> (Pipeline, PipelineParts) {
+        let (queue, queue_rx) = crossbeam_channel::bounded(capacity);
+        let (emit, outcomes) = mpsc::unbounded_channel();
+        let pipeline = Pipeline {
+            queue,
+            emit,
+            deadline,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            generated_parts: Arc::new(AtomicU64::new(unix_ms())),
+        };
+        (
+            pipeline,
+            PipelineParts {
+                queue: queue_rx,
+                outcomes,
+            },
+        )
+    }
+
+    /// A part id for a frame whose camera gave none: counts up from the agent's start time in
+    /// milliseconds, so ids never repeat across restarts.
+    pub fn generated_part_id(&self) -> u64 {
+        self.generated_parts.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Frames submitted whose live outcome is not yet logged and completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Submits a frame. Never blocks: a full queue yields "no decision" at once. Must be called
+    /// within a tokio runtime (it arms the frame's deadline timer).
+    pub fn submit(&self, job: FrameJob) {
+        let received = Instant::now();
+        let ticket = Arc::new(Ticket {
+            station: job.station,
+            part: job.part,
+            acquired_ms: job.acquired_ms,
+            received,
+            deadline: received + self.deadline,
+            claimed: AtomicBool::new(false),
+            completion: Mutex::new(job.completion),
+        });
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let queued = Queued {
+            bytes: job.bytes,
+            ticket: Arc::clone(&ticket),
+        };
+        if self.queue.try_send(queued).is_err() {
+            tracing::warn!(station = %ticket.station, part = ticket.part, "queue full; no decision");
+            self.no_decision(&ticket, NoDecisionReason::QueueFull, None);
+            return;
+        }
+        let pipeline = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(ticket.deadline).await;
+            if !ticket.is_claimed() {
+                let detail = format!("not decided within {} ms", pipeline.deadline.as_millis());
+                pipeline.no_decision(&ticket, NoDecisionReason::Deadline, Some(detail));
+            }
+        });
+    }
+
+    /// Makes the frame's live "no decision" if nobody has claimed it yet.
+    pub(crate) fn no_decision(
+        &self,
+        ticket: &Ticket,
+        reason: NoDecisionReason,
+        detail: Option<String>,
+    ) {
+        if !ticket.claim() {
+            return;
+        }
+        self.emit_live(no_decision_outcome(ticket, reason, detail), ticket);
+    }
+
+    /// Sends a claimed frame's live outcome to the output stage.
+    pub(crate) fn emit_live(&self, outcome: Outcome, ticket: &Ticket) {
+        let emitted = Emitted {
+            outcome,
+            completion: ticket.take_completion(),
+            deadline: ticket.deadline,
+        };
+        if let Err(error) = self.emit.send(emitted) {
+            // Only after the output stage stopped, at the very end of a shutdown.
+            tracing::error!(
+                part = error.0.outcome.part,
+                "output stage gone; outcome lost"
+            );
+            self.finished();
+        }
+    }
+
+    /// Sends a late model result to the output stage (logged, not published live).
+    pub(crate) fn emit_late(&self, outcome: Outcome, ticket: &Ticket) {
+        let _ = self.emit.send(Emitted {
+            outcome,
+            completion: None,
+            deadline: ticket.deadline,
+        });
+    }
+
+    /// Called by the output stage once a live outcome is logged and completed.
+    pub(crate) fn finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The outcome record of a "no decision".
+pub(crate) fn no_decision_outcome(
+    ticket: &Ticket,
+    reason: NoDecisionReason,
+    detail: Option<String>,
+) -> Outcome {
+    Outcome {
+        seq: 0,
+        station: ticket.station.clone(),
+        part: ticket.part,
+        result: DecisionResult::NoDecision,
+        class: 0,
+        label: String::new(),
+        confidence_permille: 0,
+        model_version: 0,
+        reason: Some(reason),
+        detail,
+        acquired_ms: ticket.acquired_ms,
+        decided_ms: unix_ms(),
+        latency_ms: elapsed_ms(ticket.received),
+        late: false,
+    }
+}
+
+/// Milliseconds since `since`, saturating.
+pub(crate) fn elapsed_ms(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_millis()).unwrap_or(u32::MAX)
+}

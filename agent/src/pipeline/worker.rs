@@ -1,0 +1,150 @@
+//! The inference worker threads.
+//!
+//! This module owns the dedicated threads that decode, preprocess and run the model, one frame
+//! at a time each, off tokio's threads (tract runs one inference on one thread). A worker takes
+//! the model in service for every frame, so a new model takes over at a frame boundary; it
+//! skips frames whose deadline already answered for them, and turns every failure into a
+//! "no decision" with its reason.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
+
+use super::{Pipeline, Queued, Ticket, elapsed_ms};
+use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
+use crate::serving::ModelSlot;
+
+/// Starts `count` worker threads on the pipeline's queue; they stop when the queue closes.
+pub fn spawn_workers(
+    count: usize,
+    queue: &crossbeam_channel::Receiver<Queued>,
+    pipeline: &Pipeline,
+    slot: &Arc<ModelSlot>,
+    dct_scaling: bool,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    (0..count)
+        .map(|index| {
+            let worker = Worker {
+                queue: queue.clone(),
+                pipeline: pipeline.clone(),
+                slot: Arc::clone(slot),
+                dct_scaling,
+                classifier: None,
+            };
+            std::thread::Builder::new()
+                .name(format!("inference-{index}"))
+                .spawn(move || worker.run())
+        })
+        .collect()
+}
+
+struct Worker {
+    queue: crossbeam_channel::Receiver<Queued>,
+    pipeline: Pipeline,
+    slot: Arc<ModelSlot>,
+    dct_scaling: bool,
+    /// The classifier of the model this worker last ran.
+    classifier: Option<Classifier>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Ok(frame) = self.queue.recv() {
+            self.decide(frame);
+        }
+    }
+
+    fn decide(&mut self, frame: Queued) {
+        let ticket = &frame.ticket;
+        if ticket.is_claimed() {
+            // Its deadline passed while it waited; "no decision" is already out.
+            return;
+        }
+        let Some(model) = self.slot.current() else {
+            self.pipeline.no_decision(
+                ticket,
+                NoDecisionReason::NoModel,
+                Some("no validated model is loaded".into()),
+            );
+            return;
+        };
+        let classifier = match self.classifier_for(&model) {
+            Ok(classifier) => classifier,
+            Err(error) => {
+                tracing::error!(model = %model.manifest().name, %error, "cannot start the classifier");
+                self.pipeline
+                    .no_decision(ticket, NoDecisionReason::InferenceError, Some(error));
+                return;
+            }
+        };
+        match classifier.classify_bytes(&frame.bytes) {
+            Ok(result) => {
+                let mut outcome = decided(ticket, &model, &result);
+                if ticket.claim() {
+                    self.pipeline.emit_live(outcome, ticket);
+                } else {
+                    outcome.late = true;
+                    tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
+                    self.pipeline.emit_late(outcome, ticket);
+                }
+            }
+            Err(error) => {
+                let reason = match error {
+                    ClassifyError::Decode(_) | ClassifyError::Preprocess(_) => {
+                        NoDecisionReason::UnreadableImage
+                    }
+                    ClassifyError::Inference(_) => NoDecisionReason::InferenceError,
+                };
+                tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), %error, "no decision");
+                self.pipeline
+                    .no_decision(ticket, reason, Some(error.to_string()));
+            }
+        }
+    }
+
+    /// The classifier for `model`, rebuilt when the model in service changed.
+    fn classifier_for(&mut self, model: &Arc<Model>) -> Result<&mut Classifier, String> {
+        let stale = self
+            .classifier
+            .as_ref()
+            .is_none_or(|c| c.model().digest() != model.digest());
+        if stale {
+            let mut classifier = model.classifier().map_err(|e| e.to_string())?;
+            classifier.set_decode_options(DecodeOptions::default(), self.dct_scaling);
+            self.classifier = Some(classifier);
+        }
+        self.classifier
+            .as_mut()
+            .ok_or_else(|| "classifier missing".to_owned())
+    }
+}
+
+fn decided(ticket: &Ticket, model: &Model, result: &Classification) -> Outcome {
+    let decision = &result.decision;
+    Outcome {
+        seq: 0,
+        station: ticket.station.clone(),
+        part: ticket.part,
+        result: match decision.verdict {
+            Verdict::Pass => DecisionResult::Pass,
+            Verdict::Reject => DecisionResult::Reject,
+        },
+        class: u16::try_from(decision.class).unwrap_or(u16::MAX),
+        label: model
+            .manifest()
+            .output
+            .labels
+            .get(decision.class)
+            .cloned()
+            .unwrap_or_default(),
+        confidence_permille: Outcome::permille(decision.confidence),
+        model_version: model.manifest().model_version,
+        reason: None,
+        detail: None,
+        acquired_ms: ticket.acquired_ms,
+        decided_ms: unix_ms(),
+        latency_ms: elapsed_ms(ticket.received),
+        late: false,
+    }
+}
