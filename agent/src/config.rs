@@ -109,7 +109,8 @@ pub struct MqttSection {
     /// MQTT 5 message expiry of decisions, in seconds (about the line's transit time).
     #[serde(default = "default_decision_expiry_s")]
     pub decision_expiry_s: u32,
-    /// Keep-alive interval in seconds; the Last Will fires about 1.5 times this after a crash.
+    /// Keep-alive interval in seconds (5 or more); the Last Will fires about 1.5 times this after
+    /// a crash.
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
     /// Heartbeat period in milliseconds.
@@ -458,10 +459,10 @@ impl Config {
         if m.decision_expiry_s == 0 {
             p.add("mqtt.decision_expiry_s", "must be at least 1");
         }
-        if !(1..=3600).contains(&m.keep_alive_s) {
+        if !(5..=3600).contains(&m.keep_alive_s) {
             p.add(
                 "mqtt.keep_alive_s",
-                format!("{} is outside 1 to 3600", m.keep_alive_s),
+                format!("{} is outside 5 to 3600", m.keep_alive_s),
             );
         }
         if m.heartbeat_ms < 100 {

@@ -117,7 +117,9 @@ pub async fn run(options: DemoOptions) -> Result<()> {
     let give_up = tokio::time::Instant::now() + options.timeout;
     while seen.len() < samples.len() {
         let message = tokio::time::timeout_at(give_up, decisions.recv()).await;
-        let Ok(Some(payload)) = message else { break };
+        let Ok(Some((payload, received))) = message else {
+            break;
+        };
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(&payload) else {
             println!("unparsable decision: {}", String::from_utf8_lossy(&payload));
             continue;
@@ -136,7 +138,7 @@ pub async fn run(options: DemoOptions) -> Result<()> {
             result: field("r"),
             class: field("c"),
             latency_ms: field("lat"),
-            end_to_end: at.elapsed(),
+            end_to_end: received.saturating_duration_since(*at),
         };
         let index = usize::try_from(part.saturating_sub(1)).unwrap_or(usize::MAX);
         let (file, label) = samples
@@ -315,11 +317,12 @@ dynamic_filters = true
     Ok(())
 }
 
-/// Subscribes to every station's decisions as a PLC would; returns their payloads.
+/// Subscribes to every station's decisions as a PLC would; returns their payloads with the
+/// instant each arrived.
 async fn subscribe(
     port: u16,
 ) -> Result<(
-    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    tokio::sync::mpsc::UnboundedReceiver<(Vec<u8>, Instant)>,
     rumqttc::AsyncClient,
 )> {
     let mut options = rumqttc::MqttOptions::new("demo-plc", "127.0.0.1", port);
@@ -341,7 +344,7 @@ async fn subscribe(
                     }
                 }
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if tx.send(p.payload.to_vec()).is_err() {
+                    if tx.send((p.payload.to_vec(), Instant::now())).is_err() {
                         return;
                     }
                 }

@@ -89,7 +89,9 @@ fn main() -> ExitCode {
             };
             exit_with(runtime().and_then(|rt| {
                 rt.block_on(async {
-                    daemon::run(config, model, shutdown_signal(), None)
+                    // Listen before anything starts, so a SIGTERM during start-up is a clean stop.
+                    let shutdown = shutdown_signal().context("cannot listen for SIGTERM")?;
+                    daemon::run(config, model, shutdown, None)
                         .await
                         .context("defect-agent")
                 })
@@ -113,7 +115,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo { samples, timeout } => {
-            init_logging("warn");
+            // The embedded broker logs every readiness probe as an error; its failures end the demo.
+            init_logging("warn,rumqttd=off");
             let options = demo::DemoOptions {
                 samples: samples.unwrap_or_else(demo::default_samples),
                 timeout: std::time::Duration::from_secs(timeout),
@@ -178,23 +181,17 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// Registers for SIGTERM and SIGINT now; the returned future resolves on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("interrupt received"),
         }
-    };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
+    })
 }
 
 /// Loads and validates the given bundle, or the shipped one.

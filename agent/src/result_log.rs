@@ -295,6 +295,8 @@ impl ResultLog {
         let _writer = s.lock();
         let first = s.last_seq.load(Ordering::Acquire) + 1;
         let last = first + count - 1;
+        // Consumed even if the call fails below: a seq is never handed out twice.
+        s.last_seq.store(last, Ordering::Release);
         let mut encoded = Vec::with_capacity(outcomes.len());
         for (seq, outcome) in (first..=last).zip(outcomes.iter_mut()) {
             outcome.seq = seq;
@@ -302,8 +304,6 @@ impl ResultLog {
                 .map_err(|source| ResultLogError::Encode { seq, source })?;
             encoded.push((seq.to_be_bytes(), value));
         }
-        // Consumed even if the write fails below: a seq is never handed out twice.
-        s.last_seq.store(last, Ordering::Release);
         (&s.results, &s.meta)
             .transaction(|(results, meta)| {
                 for (key, value) in &encoded {
@@ -377,7 +377,7 @@ impl ResultLog {
             .insert(DELIVERED, &seq.to_be_bytes()[..])
             .map_err(|source| s.write_error(source))?;
         s.delivered.store(seq, Ordering::Release);
-        let removed = s.remove_range(delivered + 1, seq, |_, _| true)?;
+        let removed = s.remove_range(delivered + 1, seq, |_, _| Verdict::Remove)?;
         s.sub_backlog(removed);
         s.flush()
     }
@@ -438,15 +438,16 @@ impl ResultLog {
         let dropped = s.remove_range(from, u64::MAX, |seq, value| {
             if by_count < over {
                 by_count += 1;
-                return true;
+                return Verdict::Remove;
             }
             match decode(seq, value) {
                 Ok(outcome) if outcome.decided_ms < cutoff => {
                     by_age += 1;
-                    true
+                    Verdict::Remove
                 }
-                // Young enough, or corrupt (left for `undelivered` to move aside).
-                _ => false,
+                Ok(_) => Verdict::Stop,
+                // Left for `undelivered` to move aside; it must not stop retention meanwhile.
+                Err(_) => Verdict::Keep,
             }
         })?;
         if dropped == 0 {
@@ -524,13 +525,13 @@ impl Shared {
             .map_err(|source| self.write_error(source))
     }
 
-    /// Removes the entries with `from <= seq <= to` for which `doomed(seq, value)` holds, in
-    /// seq order, stopping at the first it refuses; returns how many were removed.
+    /// Walks the entries with `from <= seq <= to` in seq order and removes those `verdict`
+    /// says to, until it says stop; returns how many were removed.
     fn remove_range(
         &self,
         from: u64,
         to: u64,
-        mut doomed: impl FnMut(u64, &[u8]) -> bool,
+        mut verdict: impl FnMut(u64, &[u8]) -> Verdict,
     ) -> Result<u64, ResultLogError> {
         let mut removed = 0;
         let mut batch = Batch::default();
@@ -538,8 +539,10 @@ impl Shared {
         for item in self.results.range(from.to_be_bytes()..=to.to_be_bytes()) {
             let (key, value) = item.map_err(|source| self.read_error(source))?;
             let Some(seq) = seq_of(&key) else { continue };
-            if !doomed(seq, &value) {
-                break;
+            match verdict(seq, &value) {
+                Verdict::Remove => {}
+                Verdict::Keep => continue,
+                Verdict::Stop => break,
             }
             batch.remove(key);
             in_batch += 1;
@@ -590,6 +593,16 @@ impl Shared {
             TransactionError::Abort(never) => match never {},
         }
     }
+}
+
+/// What [`Shared::remove_range`] does with one entry.
+enum Verdict {
+    /// Remove it and go on.
+    Remove,
+    /// Keep it and go on.
+    Keep,
+    /// Keep it and stop.
+    Stop,
 }
 
 /// The seq of a `results` key, if it is 8 bytes long.
@@ -837,6 +850,21 @@ mod tests {
                 .expect("get")
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_corrupt_entry_does_not_stop_retention_by_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = ResultLog::open(dir.path(), policy()).expect("open");
+        let now = 100 * HOUR_MS;
+        log.append(&mut batch(0..3, now - 30 * HOUR_MS))
+            .expect("append");
+        log.shared
+            .results
+            .insert(1_u64.to_be_bytes(), &b"\xff"[..])
+            .expect("insert");
+        assert_eq!(log.enforce_retention(now).expect("retention"), 2);
+        assert_eq!(log.dropped_total(), 2);
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! the same `cargo test` or `cargo nextest` invocation, against the real shipped bundle and
 //! sample frames.
 
+pub mod agent_process;
+pub mod broker;
+pub mod subscriber;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -131,6 +131,7 @@ pub fn watch(
             path: folder.clone(),
             source,
         })?;
+    let station_id = station.to_owned();
     let station = Arc::new(Station {
         id: station.to_owned(),
         section: section.clone(),
@@ -139,39 +140,64 @@ pub fn watch(
         max_frame_bytes,
         taken: Arc::new(Mutex::new(HashSet::new())),
     });
-    let existing = existing_files(&folder);
+    let (settled, recent) = existing_files(&folder);
     let task = tokio::spawn(async move {
-        for path in existing {
+        for path in settled {
             station.take(path).await;
         }
-        while let Some(path) = rx.recv().await {
-            station.take(path).await;
+        let mut recheck = Box::pin(tokio::time::sleep(SETTLE));
+        let mut recent = Some(recent);
+        loop {
+            tokio::select! {
+                path = rx.recv() => match path {
+                    Some(path) => station.take(path).await,
+                    None => return,
+                },
+                () = &mut recheck, if recent.is_some() => {
+                    // Files that were new at start-up and have not changed since.
+                    for path in recent.take().unwrap_or_default() {
+                        if modified_before(&path, SETTLE) {
+                            station.take(path).await;
+                        }
+                    }
+                }
+            }
         }
     });
-    tracing::info!(station = %section.path.display(), folder = %folder.display(), "watching hot folder");
+    tracing::info!(station = %station_id, folder = %folder.display(), "watching hot folder");
     Ok(HotFolder {
         _watcher: watcher,
         task,
     })
 }
 
-/// Complete files already in the folder, by name; files modified in the last second may still
-/// be written and are left to their close event.
-fn existing_files(folder: &Path) -> Vec<PathBuf> {
+/// How long a file found at start-up must have been unchanged before it is taken without a
+/// close event: it may still be being written.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Files already in the folder at start-up, by name: those unchanged for [`SETTLE`], and the
+/// recent ones, which are taken by their close event or once they have settled.
+fn existing_files(folder: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(folder) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
-    let settled = std::time::SystemTime::now() - Duration::from_secs(1);
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.metadata()
-                .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < settled))
-        })
+        .filter(|e| e.metadata().is_ok_and(|m| m.is_file()))
         .map(|e| e.path())
         .collect();
     files.sort();
-    files
+    files.into_iter().partition(|p| modified_before(p, SETTLE))
+}
+
+/// Whether the file exists and was last modified more than `age` ago.
+fn modified_before(path: &Path, age: Duration) -> bool {
+    let Some(limit) = std::time::SystemTime::now().checked_sub(age) else {
+        return false;
+    };
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t < limit)
 }
 
 impl Station {
