@@ -76,10 +76,7 @@ pub async fn run(
     })?;
     let log = ResultLog::open(
         &state_dir.join("results"),
-        RetentionPolicy {
-            max_entries: config.results.max_entries,
-            max_age: Duration::from_secs(config.results.max_age_h * 3600),
-        },
+        RetentionPolicy::from(&config.results),
     )?;
     let health = Arc::new(Health::default());
     let client_id = client_id(&config);
@@ -281,10 +278,8 @@ async fn retention(log: ResultLog) {
         let log = log.clone();
         let now = crate::outcome::unix_ms();
         match tokio::task::spawn_blocking(move || log.enforce_retention(now)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(dropped)) => {
-                tracing::warn!(dropped, "result log retention dropped undelivered results");
-            }
+            // The log itself reports what it dropped.
+            Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "result log retention failed"),
             Err(error) => tracing::error!(%error, "result log retention task failed"),
         }

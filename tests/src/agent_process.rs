@@ -31,6 +31,8 @@ pub struct AgentSettings {
     pub model_store: Option<PathBuf>,
     /// Extra TOML appended to `[mqtt]`.
     pub mqtt_extra: String,
+    /// Extra environment variables of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentSettings {
@@ -47,6 +49,7 @@ impl AgentSettings {
             http: None,
             model_store: None,
             mqtt_extra: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -142,6 +145,7 @@ impl AgentProcess {
             .arg("--config")
             .arg(self.config_path())
             .env("RUST_LOG", "info,defect_agent=debug")
+            .envs(self.settings.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
