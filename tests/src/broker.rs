@@ -44,6 +44,28 @@ impl Mosquitto {
         Mosquitto::with_persistence(true)
     }
 
+    /// Starts a broker with a configuration of the test's own (`{port}` in `config` stands for
+    /// the broker's port, `{dir}` for a temporary folder the broker may use).
+    pub fn with_config(config_text: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        // Keep the privileges of the test (mosquitto started as root otherwise switches to its
+        // own user, which cannot read the test's private temporary folder).
+        let text = format!("user root\n{config_text}")
+            .replace("{port}", &port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(&config, text).expect("write mosquitto.conf");
+        let mut broker = Mosquitto {
+            port,
+            config,
+            _dir: dir,
+            child: None,
+        };
+        broker.restart();
+        broker
+    }
+
     fn with_persistence(persistent: bool) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -59,7 +81,7 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type error\nlog_type warning\n"
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type error\nlog_type warning\n"
             ),
         )
         .expect("write mosquitto.conf");

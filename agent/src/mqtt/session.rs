@@ -25,6 +25,9 @@ use crate::result_log::ResultLog;
 /// Results published and not yet acknowledged at most.
 const RESULTS_WINDOW: usize = 32;
 
+/// While the broker stays unreachable, a warning this often; the attempts between are debug.
+const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a clean shutdown waits for the broker to take the `offline` status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -113,6 +116,7 @@ pub fn start(
         model_error: None,
         heartbeats: 0,
         shutdown: None,
+        unreachable_since_warned: None,
     };
     tokio::spawn(session.run(commands, events));
     Ok(Publisher { tx })
@@ -144,6 +148,8 @@ struct Session {
     heartbeats: u64,
     /// Set when a clean shutdown is under way.
     shutdown: Option<oneshot::Sender<()>>,
+    /// When a failure to reach the broker was last logged as a warning.
+    unreachable_since_warned: Option<Instant>,
 }
 
 impl Session {
@@ -254,8 +260,16 @@ impl Session {
                 self.fill_results();
             }
             LinkEvent::Disconnected(error) => {
+                let now = Instant::now();
                 if self.connected {
                     tracing::warn!(host = %self.mqtt.host, port = self.mqtt.port, %error, "lost the broker; reconnecting");
+                    self.unreachable_since_warned = Some(now);
+                } else if self
+                    .unreachable_since_warned
+                    .is_none_or(|at| now.duration_since(at) >= UNREACHABLE_WARN_EVERY)
+                {
+                    tracing::warn!(host = %self.mqtt.host, port = self.mqtt.port, %error, "cannot reach the broker; retrying");
+                    self.unreachable_since_warned = Some(now);
                 } else {
                     tracing::debug!(%error, "broker still unreachable");
                 }
