@@ -255,6 +255,16 @@ fn sigterm_decides_every_frame_in_flight_before_exiting() {
     assert!(plc.wait_until(WAIT, |m| count_on(m, "decision") >= 2));
     let status = agent.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit {status:?}; log:\n{}", agent.log());
+    // A file is removed only once its frame was decided; those decisions are on their way.
+    let taken: Vec<u64> = (1..=12u64)
+        .zip(&paths)
+        .filter(|(_, p)| !p.exists())
+        .map(|(n, _)| n)
+        .collect();
+    plc.wait_until(Duration::from_secs(10), |m| {
+        let by_part = decisions_by_part(m);
+        taken.iter().all(|p| by_part.contains_key(p))
+    });
     let by_part = decisions_by_part(&plc.messages());
     for (part, path) in (1..=12u64).zip(&paths) {
         let decided = by_part.get(&part).map_or(0, Vec::len);
