@@ -67,32 +67,14 @@ impl Mosquitto {
     }
 
     fn with_persistence(persistent: bool) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("mosquitto.conf");
         let persistence = if persistent {
-            format!(
-                "persistence true\npersistence_location {}/\n",
-                dir.path().display()
-            )
+            "persistence true\npersistence_location {dir}/\n"
         } else {
-            "persistence false\n".to_owned()
+            "persistence false\n"
         };
-        std::fs::write(
-            &config,
-            format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type error\nlog_type warning\n"
-            ),
-        )
-        .expect("write mosquitto.conf");
-        let mut broker = Mosquitto {
-            port,
-            config,
-            _dir: dir,
-            child: None,
-        };
-        broker.restart();
-        broker
+        Mosquitto::with_config(&format!(
+            "listener {{port}} 127.0.0.1\nallow_anonymous true\n{persistence}log_dest stderr\nlog_type error\nlog_type warning\n"
+        ))
     }
 
     /// Starts the broker again on the same port (after [`Mosquitto::stop`]).

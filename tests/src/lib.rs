@@ -7,6 +7,7 @@
 
 pub mod agent_process;
 pub mod broker;
+pub mod crash_fixture;
 pub mod subscriber;
 
 use std::path::{Path, PathBuf};

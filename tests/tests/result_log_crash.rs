@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use defect_agent::outcome::{DecisionResult, NoDecisionReason, Outcome};
 use defect_agent::result_log::{ResultLog, RetentionPolicy};
+use defect_e2e::crash_fixture::expected;
 
 /// Writer runs killed and checked.
 const ROUNDS: u64 = 60;
@@ -305,43 +305,5 @@ impl Xorshift {
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0 % n
-    }
-}
-
-/// The outcome the writer writes under `seq`; keep in step with `expected` in
-/// `tests/src/bin/result-log-writer.rs`.
-fn expected(seq: u64) -> Outcome {
-    let kind = seq % 3;
-    let reason = (kind == 2).then(|| NoDecisionReason::ALL[(seq % 6) as usize]);
-    let acquired_ms = 1_700_000_000_000 + seq * 7;
-    Outcome {
-        seq,
-        station: format!("station-{}", seq % 5),
-        part: seq.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        result: match kind {
-            0 => DecisionResult::Pass,
-            1 => DecisionResult::Reject,
-            _ => DecisionResult::NoDecision,
-        },
-        class: if kind == 2 { 0 } else { (seq % 4) as u16 },
-        label: if kind == 2 {
-            String::new()
-        } else {
-            format!("class-{}", seq % 4)
-        },
-        confidence_permille: (seq % 1001) as u16,
-        model_version: 1 + seq / 100,
-        reason,
-        detail: reason.map(|r| {
-            format!(
-                "{} at {seq}: {}",
-                r.name(),
-                "x".repeat((seq % 300) as usize)
-            )
-        }),
-        acquired_ms,
-        decided_ms: acquired_ms + 3 + seq % 50,
-        latency_ms: (seq % 500) as u32,
-        late: seq.is_multiple_of(13),
     }
 }

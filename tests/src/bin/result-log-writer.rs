@@ -1,7 +1,7 @@
 //! `result-log-writer DIR [DELIVER_EVERY]`: appends outcomes to the result log in `DIR` until it
 //! is killed, for `tests/tests/result_log_crash.rs`.
 //!
-//! Each loop builds a batch of 1 to 4 outcomes whose content is [`expected`] of the seq each will
+//! Each loop builds a batch of 1 to 4 outcomes whose content is [`expected`](defect_e2e::crash_fixture::expected) of the seq each will
 //! get, calls `ResultLog::append`, and only after it returns prints `ack <seq>` per outcome and
 //! flushes stdout: a printed ack is a promise that the outcome is on disk. With
 //! `DELIVER_EVERY` = n > 0, every n-th batch it also acts as the forwarder: it reads up to 16
@@ -15,8 +15,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use defect_agent::outcome::{DecisionResult, NoDecisionReason, Outcome};
+use defect_agent::outcome::Outcome;
 use defect_agent::result_log::{ResultLog, RetentionPolicy};
+use defect_e2e::crash_fixture::expected;
 
 /// Undelivered outcomes read per forwarder pass.
 const DELIVER_BATCH: usize = 16;
@@ -87,43 +88,4 @@ fn run(dir: &std::path::Path, deliver_every: u64) -> Result<(), (u8, String)> {
         }
     }
     Ok(())
-}
-
-/// The outcome written under `seq`: a function of the seq alone, so the crash test can check
-/// every entry. Keep in step with `expected` in `tests/tests/result_log_crash.rs`.
-fn expected(seq: u64) -> Outcome {
-    let kind = seq % 3;
-    let reason = (kind == 2).then(|| NoDecisionReason::ALL[(seq % 6) as usize]);
-    let acquired_ms = 1_700_000_000_000 + seq * 7;
-    Outcome {
-        seq,
-        station: format!("station-{}", seq % 5),
-        part: seq.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        result: match kind {
-            0 => DecisionResult::Pass,
-            1 => DecisionResult::Reject,
-            _ => DecisionResult::NoDecision,
-        },
-        class: if kind == 2 { 0 } else { (seq % 4) as u16 },
-        label: if kind == 2 {
-            String::new()
-        } else {
-            format!("class-{}", seq % 4)
-        },
-        confidence_permille: (seq % 1001) as u16,
-        model_version: 1 + seq / 100,
-        reason,
-        // Sizes vary from a few bytes to a few hundred, so entries straddle sled's buffers.
-        detail: reason.map(|r| {
-            format!(
-                "{} at {seq}: {}",
-                r.name(),
-                "x".repeat((seq % 300) as usize)
-            )
-        }),
-        acquired_ms,
-        decided_ms: acquired_ms + 3 + seq % 50,
-        latency_ms: (seq % 500) as u32,
-        late: seq.is_multiple_of(13),
-    }
 }
