@@ -125,7 +125,7 @@ impl Link {
                     ));
                 }
                 let (client, eventloop) = rumqttc::v5::AsyncClient::new(options, REQUEST_CAPACITY);
-                tokio::spawn(run_v5(eventloop, tx, backoff));
+                tokio::spawn(drive(eventloop, tx, backoff));
                 Client::V5(client)
             }
             Protocol::V311 => {
@@ -146,7 +146,7 @@ impl Link {
                     ));
                 }
                 let (client, eventloop) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
-                tokio::spawn(run_v4(eventloop, tx, backoff));
+                tokio::spawn(drive(eventloop, tx, backoff));
                 Client::V4(client)
             }
         };
@@ -279,66 +279,81 @@ impl Backoff {
     }
 }
 
-async fn run_v5(
-    mut eventloop: rumqttc::v5::EventLoop,
+/// What one poll of either protocol's event loop meant to the link.
+enum Polled {
+    ConnAck,
+    Sent(u16),
+    Acked(u16),
+    Disconnected,
+    Other,
+}
+
+/// The two rumqttc event loops seen alike.
+trait EventSource: Send + 'static {
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Polled, String>> + Send;
+    fn clean(&mut self);
+}
+
+impl EventSource for rumqttc::v5::EventLoop {
+    async fn next(&mut self) -> Result<Polled, String> {
+        use rumqttc::Outgoing;
+        use rumqttc::v5::Event;
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            Event::Incoming(v5b::Packet::ConnAck(_)) => Polled::ConnAck,
+            Event::Incoming(v5b::Packet::PubAck(ack)) => Polled::Acked(ack.pkid),
+            Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
+            Event::Outgoing(Outgoing::Disconnect) => Polled::Disconnected,
+            _ => Polled::Other,
+        })
+    }
+
+    fn clean(&mut self) {
+        rumqttc::v5::EventLoop::clean(self);
+    }
+}
+
+impl EventSource for rumqttc::EventLoop {
+    async fn next(&mut self) -> Result<Polled, String> {
+        use rumqttc::{Event, Outgoing, Packet};
+        Ok(match self.poll().await.map_err(|e| e.to_string())? {
+            Event::Incoming(Packet::ConnAck(_)) => Polled::ConnAck,
+            Event::Incoming(Packet::PubAck(ack)) => Polled::Acked(ack.pkid),
+            Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
+            Event::Outgoing(Outgoing::Disconnect) => Polled::Disconnected,
+            _ => Polled::Other,
+        })
+    }
+
+    fn clean(&mut self) {
+        rumqttc::EventLoop::clean(self);
+    }
+}
+
+/// Polls the event loop for as long as the session listens, reconnecting with backoff.
+async fn drive(
+    mut eventloop: impl EventSource,
     tx: mpsc::UnboundedSender<LinkEvent>,
     mut backoff: Backoff,
 ) {
-    use rumqttc::Outgoing;
-    use rumqttc::v5::Event;
     loop {
-        let event = match eventloop.poll().await {
-            Ok(Event::Incoming(v5b::Packet::ConnAck(_))) => {
+        let event = match eventloop.next().await {
+            Ok(Polled::ConnAck) => {
                 backoff.reset();
                 LinkEvent::Connected
             }
-            Ok(Event::Incoming(v5b::Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+            Ok(Polled::Acked(pkid)) => LinkEvent::Acked(pkid),
+            Ok(Polled::Sent(pkid)) => LinkEvent::Sent(pkid),
+            Ok(Polled::Disconnected) => {
                 let _ = tx.send(LinkEvent::Closed);
                 return;
             }
-            Ok(_) => continue,
+            Ok(Polled::Other) => continue,
             Err(error) => {
-                if tx.send(LinkEvent::Disconnected(error.to_string())).is_err() {
+                if tx.send(LinkEvent::Disconnected(error)).is_err() {
                     return;
                 }
                 tokio::time::sleep(backoff.delay()).await;
                 // Requests queued while disconnected are dropped with the clean session.
-                eventloop.clean();
-                continue;
-            }
-        };
-        if tx.send(event).is_err() {
-            return;
-        }
-    }
-}
-
-async fn run_v4(
-    mut eventloop: rumqttc::EventLoop,
-    tx: mpsc::UnboundedSender<LinkEvent>,
-    mut backoff: Backoff,
-) {
-    use rumqttc::{Event, Outgoing, Packet};
-    loop {
-        let event = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff.reset();
-                LinkEvent::Connected
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => LinkEvent::Acked(ack.pkid),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => LinkEvent::Sent(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                let _ = tx.send(LinkEvent::Closed);
-                return;
-            }
-            Ok(_) => continue,
-            Err(error) => {
-                if tx.send(LinkEvent::Disconnected(error.to_string())).is_err() {
-                    return;
-                }
-                tokio::time::sleep(backoff.delay()).await;
                 eventloop.clean();
                 continue;
             }
