@@ -163,7 +163,7 @@ def fit(model: SurfaceNet, train: tuple, validation: tuple, epochs: int) -> tupl
 def main() -> None:
     """Runs the whole training and writes the ONNX model and the metrics."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=24)
     args = parser.parse_args()
     seed_everything(SEED)
 
