@@ -354,9 +354,12 @@ impl ResultLog {
         Ok(found)
     }
 
-    /// Marks every outcome up to and including `seq` as delivered (persisted) and removes them.
+    /// Marks every outcome up to and including `seq` as delivered and removes them.
     ///
     /// A `seq` at or below the cursor is a no-op; one above the last written seq is refused.
+    /// The cursor is not flushed here (it rides on the next append's flush or sled's own
+    /// periodic one): after a crash a few delivered outcomes may be forwarded again, which
+    /// consumers absorb by `seq`, and the frame path never waits for a second `fdatasync`.
     pub fn mark_delivered(&self, seq: u64) -> Result<(), ResultLogError> {
         let s = &*self.shared;
         let _writer = s.lock();
@@ -379,7 +382,7 @@ impl ResultLog {
         s.delivered.store(seq, Ordering::Release);
         let removed = s.remove_range(delivered + 1, seq, |_, _| Verdict::Remove)?;
         s.sub_backlog(removed);
-        s.flush()
+        Ok(())
     }
 
     /// Number of undelivered outcomes.
