@@ -33,6 +33,9 @@ pub struct AgentSettings {
     pub mqtt_extra: String,
     /// Extra environment variables of the process.
     pub env: Vec<(String, String)>,
+    /// Run under a systemd-style watchdog of this many microseconds (`WATCHDOG_USEC`, with
+    /// `WATCHDOG_PID` set to the agent's own pid, as systemd does).
+    pub watchdog_usec: Option<u64>,
 }
 
 impl AgentSettings {
@@ -50,6 +53,7 @@ impl AgentSettings {
             model_store: None,
             mqtt_extra: String::new(),
             env: Vec::new(),
+            watchdog_usec: None,
         }
     }
 }
@@ -140,7 +144,20 @@ impl AgentProcess {
             .append(true)
             .open(self.log_path())
             .expect("agent log");
-        let child = Command::new(crate::binary("defect-agent"))
+        let mut command = match self.settings.watchdog_usec {
+            // `exec` keeps the shell's pid, so WATCHDOG_PID names the agent itself.
+            Some(usec) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!(
+                        "export WATCHDOG_PID=$$ WATCHDOG_USEC={usec}; exec \"$0\" \"$@\""
+                    ))
+                    .arg(crate::binary("defect-agent"));
+                c
+            }
+            None => Command::new(crate::binary("defect-agent")),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(self.config_path())

@@ -118,7 +118,7 @@ fn a_new_current_bundle_is_swapped_in_and_one_failing_validation_is_refused() {
 }
 
 #[test]
-fn systemd_hears_ready_once_the_model_is_loaded_and_stopping_on_sigterm() {
+fn systemd_hears_ready_once_the_model_is_loaded_then_watchdog_pings_and_stopping_on_sigterm() {
     use std::os::unix::net::UnixDatagram;
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -129,21 +129,36 @@ fn systemd_hears_ready_once_the_model_is_loaded_and_stopping_on_sigterm() {
     settings
         .env
         .push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    // A 300 ms watchdog: an idle, healthy pipeline pings about every 100 ms.
+    settings.watchdog_usec = Some(300_000);
     let mut agent = AgentProcess::start(settings);
     let mut buffer = [0u8; 512];
-    let read = |buffer: &mut [u8]| {
-        let n = socket.recv(buffer).expect("a notification from the agent");
+    let mut read = || {
+        let n = socket
+            .recv(&mut buffer)
+            .expect("a notification from the agent");
         String::from_utf8_lossy(&buffer[..n]).into_owned()
     };
-    let first = read(&mut buffer);
+    let first = read();
     assert!(first.contains("READY=1"), "{first}");
     assert!(
         agent.log().contains("model validated"),
         "READY before the model was validated:\n{}",
         agent.log()
     );
+    let pings = (0..3)
+        .map(|_| read())
+        .filter(|m| m.contains("WATCHDOG=1"))
+        .count();
+    assert_eq!(pings, 3, "the idle agent did not ping the watchdog");
     let status = agent.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-    let stopping = read(&mut buffer);
-    assert!(stopping.contains("STOPPING=1"), "{stopping}");
+    let mut stopping = false;
+    for _ in 0..20 {
+        if read().contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
 }
