@@ -87,6 +87,9 @@ pub struct Link {
     client: Client,
 }
 
+/// How long a clean disconnect waits for the broker to close the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Requests that may wait in rumqttc's channel; the session never queues more than this.
 const REQUEST_CAPACITY: usize = 256;
 
@@ -335,8 +338,24 @@ async fn drive(
     tx: mpsc::UnboundedSender<LinkEvent>,
     mut backoff: Backoff,
 ) {
+    // Set once DISCONNECT is written: the broker now reads what came before it and closes the
+    // connection. Closing our end first, with its acknowledgements unread, would reset the
+    // connection and could lose the last publishes.
+    let mut closing_since: Option<tokio::time::Instant> = None;
     loop {
-        let event = match eventloop.next().await {
+        let polled = match closing_since {
+            Some(since) => {
+                match tokio::time::timeout_at(since + CLOSE_GRACE, eventloop.next()).await {
+                    Ok(Ok(polled)) => Ok(polled),
+                    Ok(Err(_)) | Err(_) => {
+                        let _ = tx.send(LinkEvent::Closed);
+                        return;
+                    }
+                }
+            }
+            None => eventloop.next().await,
+        };
+        let event = match polled {
             Ok(Polled::ConnAck) => {
                 backoff.reset();
                 LinkEvent::Connected
@@ -344,8 +363,8 @@ async fn drive(
             Ok(Polled::Acked(pkid)) => LinkEvent::Acked(pkid),
             Ok(Polled::Sent(pkid)) => LinkEvent::Sent(pkid),
             Ok(Polled::Disconnected) => {
-                let _ = tx.send(LinkEvent::Closed);
-                return;
+                closing_since = Some(tokio::time::Instant::now());
+                continue;
             }
             Ok(Polled::Other) => continue,
             Err(error) => {
