@@ -169,6 +169,13 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
             "JPEG is truncated: no end-of-image marker".into(),
         ));
     }
+    // A PNG's size is in its first chunk: check it before a decoder reads any further, so a
+    // header claiming absurd dimensions is refused as such whatever follows it.
+    if format == ImageFormat::Png
+        && let Some((width, height)) = png_header_dimensions(bytes)
+    {
+        check_dimensions(width, height, options)?;
+    }
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
@@ -195,6 +202,17 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
         .decode()
         .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     from_dynamic(image)
+}
+
+/// Width and height from a PNG's IHDR chunk, which the format requires to come first.
+fn png_header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+    let ihdr = bytes.get(12..24)?;
+    if &ihdr[..4] != b"IHDR" {
+        return None;
+    }
+    let width = u32::from_be_bytes(ihdr[4..8].try_into().ok()?);
+    let height = u32::from_be_bytes(ihdr[8..12].try_into().ok()?);
+    Some((width, height))
 }
 
 fn check_dimensions(width: u32, height: u32, options: &DecodeOptions) -> Result<(), DecodeError> {
@@ -383,5 +401,19 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn png_header_claiming_huge_dimensions_is_refused_before_decoding() {
+        // Signature, then an IHDR claiming 100000x100000 and nothing after it.
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        bytes.extend_from_slice(&13u32.to_be_bytes());
+        bytes.extend_from_slice(b"IHDR");
+        bytes.extend_from_slice(&100_000u32.to_be_bytes());
+        bytes.extend_from_slice(&100_000u32.to_be_bytes());
+        bytes.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let err = decode(&bytes, &DecodeOptions::default()).expect_err("refused");
+        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("100000x100000"), "{err}");
     }
 }
