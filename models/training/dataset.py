@@ -47,7 +47,7 @@ class Split:
         return f"{self.name} seeds {self.start}-{self.start + self.count - 1}"
 
 
-TRAIN = Split("train", 0, 6000)
+TRAIN = Split("train", 0, 10000)
 VALIDATION = Split("validation", 100_000, 1500)
 TEST = Split("test", 200_000, 2000)
 SAMPLES = Split("samples", 300_000, 30)
