@@ -55,7 +55,8 @@ pub struct AgentSection {
     /// How often the model store's `current` pointer is checked for a new bundle.
     #[serde(default = "default_model_poll_ms")]
     pub model_poll_ms: u64,
-    /// Decode large JPEGs at a reduced DCT scale when the model needs far fewer pixels.
+    /// Decode large JPEGs at a reduced DCT scale when the model needs far fewer pixels (never
+    /// for `area` models, whose input is the exact block mean of the full-size frame).
     #[serde(default = "default_true")]
     pub dct_scaling: bool,
     /// Largest accepted frame file or upload, in bytes.
