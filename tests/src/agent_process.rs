@@ -31,6 +31,8 @@ pub struct AgentSettings {
     pub model_store: Option<PathBuf>,
     /// Extra TOML appended to `[mqtt]`.
     pub mqtt_extra: String,
+    /// Extra TOML appended to every `[station.hot_folder]`.
+    pub hot_folder_extra: String,
     /// Extra environment variables of the process.
     pub env: Vec<(String, String)>,
     /// Run under a systemd-style watchdog of this many microseconds (`WATCHDOG_USEC`, with
@@ -52,6 +54,7 @@ impl AgentSettings {
             http: None,
             model_store: None,
             mqtt_extra: String::new(),
+            hot_folder_extra: String::new(),
             env: Vec::new(),
             watchdog_usec: None,
         }
@@ -129,8 +132,9 @@ impl AgentProcess {
         }
         for station in &s.stations {
             text.push_str(&format!(
-                "[[station]]\nid = {station:?}\n[station.hot_folder]\npath = {:?}\npart_id_pattern = 'part-(?P<part>\\d+)'\n",
-                self.hot_folder(station)
+                "[[station]]\nid = {station:?}\n[station.hot_folder]\npath = {:?}\npart_id_pattern = 'part-(?P<part>\\d+)'\n{}\n",
+                self.hot_folder(station),
+                s.hot_folder_extra
             ));
         }
         text

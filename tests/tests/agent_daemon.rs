@@ -486,3 +486,46 @@ fn agent_pid(agent: &AgentProcess) -> Option<u32> {
                 .then_some(pid)
         })
 }
+
+#[test]
+fn decided_files_are_moved_by_policy_and_csv_decisions_carry_the_same_integers() {
+    let broker = Mosquitto::start();
+    let mut settings = AgentSettings::new(broker.port);
+    settings.mqtt_extra = "payload = \"csv\"\n".into();
+    let done = tempfile::tempdir().expect("tempdir");
+    settings.hot_folder_extra = format!("after = \"move\"\nmove_to = {:?}\n", done.path());
+    let plc = Subscriber::start(
+        broker.port,
+        &format!("{}/+/decision", settings.prefix),
+        Version::V311,
+    );
+    let agent = AgentProcess::start(settings);
+    let samples = sample_bytes();
+    let (bytes, label) = &samples[1];
+    let path = agent.drop_frame("cam1", 42, bytes);
+    assert!(
+        plc.wait_until(WAIT, |m| count_on(m, "decision") >= 1),
+        "log:\n{}",
+        agent.log()
+    );
+    let csv = plc.on("decision")[0].text.clone();
+    let fields: Vec<u64> = csv
+        .split(',')
+        .map(|f| f.parse().expect("an integer"))
+        .collect();
+    // v, part, seq, r, c, conf, mv, ts, lat, why
+    assert_eq!(fields.len(), 10, "{csv}");
+    assert_eq!(fields[0], 1);
+    assert_eq!(fields[1], 42);
+    assert_eq!(fields[3], expected_result(label), "{csv}");
+    assert_eq!(fields[4], label_index(label), "{csv}");
+    assert_eq!(fields[9], 0, "{csv}");
+    let moved = done.path().join("part-42.jpg");
+    assert!(
+        defect_e2e::agent_process::wait_gone(&path, WAIT) && moved.exists(),
+        "{} was not moved to {}",
+        path.display(),
+        moved.display()
+    );
+    assert_eq!(std::fs::read(&moved).expect("moved frame"), *bytes);
+}
