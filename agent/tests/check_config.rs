@@ -1,15 +1,35 @@
 //! `defect-agent check-config`: the sample config stays valid, and a config with several
 //! mistakes has all of them reported in one run, by key, with exit code 78.
+//!
+//! Being an integration test of this package also makes `cargo test --workspace` build the
+//! `defect-agent` binary that the end-to-end tests in `tests/` run.
 
-use defect_e2e::{repo_root, run, stderr, stdout};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_defect-agent"))
+        .args(args)
+        .output()
+        .expect("run defect-agent")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 #[test]
 fn the_sample_config_in_deploy_is_valid() {
     let sample = repo_root().join("deploy/defect-agent.toml");
-    let out = run(
-        "defect-agent",
-        &["check-config", "--config", sample.to_str().expect("path")],
-    );
+    let out = run(&["check-config", "--config", sample.to_str().expect("path")]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("2 station(s)"), "{}", stdout(&out));
 }
@@ -38,10 +58,7 @@ after = "move"
 "#,
     )
     .expect("write");
-    let out = run(
-        "defect-agent",
-        &["check-config", "--config", config.to_str().expect("path")],
-    );
+    let out = run(&["check-config", "--config", config.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
     let text = stderr(&out);
     for key in [
@@ -58,10 +75,7 @@ after = "move"
     }
     assert!(text.contains("bad.toml"), "the file is not named:\n{text}");
     // `run` refuses the same file before starting anything.
-    let out = run(
-        "defect-agent",
-        &["run", "--config", config.to_str().expect("path")],
-    );
+    let out = run(&["run", "--config", config.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(78), "{}", stderr(&out));
 }
 
@@ -74,10 +88,7 @@ fn a_typo_in_a_key_is_reported_with_its_line() {
         "[agent]\nqueue_capacty = 4\n[[station]]\nid = \"a\"\n",
     )
     .expect("write");
-    let out = run(
-        "defect-agent",
-        &["check-config", "--config", config.to_str().expect("path")],
-    );
+    let out = run(&["check-config", "--config", config.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(78));
     let text = stderr(&out);
     assert!(
