@@ -196,6 +196,9 @@ pub async fn run(
     // Every live outcome is logged and completed; the output stage may stop.
     output.abort();
     publisher.shutdown().await;
+    if let Err(error) = log.sync() {
+        tracing::error!(%error, "cannot flush the result log at shutdown");
+    }
     // The worker threads are idle; they end with the process.
     drop(workers);
     tracing::info!("stopped");

@@ -354,6 +354,14 @@ impl ResultLog {
         Ok(found)
     }
 
+    /// Makes everything written so far durable, the delivered cursor included (done at a clean
+    /// shutdown; appends flush by themselves).
+    pub fn sync(&self) -> Result<(), ResultLogError> {
+        let s = &*self.shared;
+        let _writer = s.lock();
+        s.flush()
+    }
+
     /// Marks every outcome up to and including `seq` as delivered and removes them.
     ///
     /// A `seq` at or below the cursor is a no-op; one above the last written seq is refused.
