@@ -83,8 +83,7 @@ fn read_bundle(source: &ModelSource) -> Result<Option<(Bundle, String)>, Serving
             .map_err(|e| unreadable(path.display().to_string(), e.to_string())),
         ModelSource::Store(root) => {
             let origin = format!("{}/current", root.display());
-            let store = Store::open(root).map_err(|e| unreadable(origin.clone(), e.to_string()))?;
-            let bundle = store
+            let bundle = Store::at(root)
                 .load(Pointer::Current)
                 .map_err(|e| unreadable(origin.clone(), e.to_string()))?;
             Ok(bundle.map(|b| (b, origin)))
@@ -158,12 +157,13 @@ pub async fn watch_store(
     health: Arc<Health>,
     publisher: Publisher,
 ) {
+    let store = Store::at(&root);
     let mut refused: Option<String> = None;
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let pointed = match Store::open(&root).and_then(|s| s.pointer(Pointer::Current)) {
+        let pointed = match store.pointer(Pointer::Current) {
             Ok(Some(sha)) => sha,
             Ok(None) => continue,
             Err(error) => {

@@ -83,7 +83,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 }
 
 impl Store {
-    /// Opens (and creates, if needed) the store at `root`.
+    /// The store at `root`, for reading only: nothing is created or written (a reader such as
+    /// the agent may see the store read-only).
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_owned(),
+        }
+    }
+
+    /// Opens (and creates, if needed) the store at `root`, for writing.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for dir in [root.to_owned(), root.join("bundles"), root.join("staging")] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
