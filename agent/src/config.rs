@@ -55,6 +55,10 @@ pub struct AgentSection {
     /// How often the model store's `current` pointer is checked for a new bundle.
     #[serde(default = "default_model_poll_ms")]
     pub model_poll_ms: u64,
+    /// File the agent writes its verdict on the store's `current` bundle to (loading, serving
+    /// or refused), for the model updater; absent means no report. Needs `model_store`.
+    #[serde(default)]
+    pub model_health_file: Option<PathBuf>,
     /// Decode large JPEGs at a reduced DCT scale when the model needs far fewer pixels (never
     /// for `area` models, whose input is the exact block mean of the full-size frame).
     #[serde(default = "default_true")]
@@ -277,6 +281,7 @@ impl Default for AgentSection {
             state_dir: default_state_dir(),
             model_store: None,
             model_poll_ms: default_model_poll_ms(),
+            model_health_file: None,
             dct_scaling: true,
             max_frame_bytes: default_max_frame_bytes(),
         }
@@ -445,6 +450,16 @@ impl Config {
             && store.as_os_str().is_empty()
         {
             p.add("agent.model_store", "must not be empty when given");
+        }
+        if let Some(report) = &a.model_health_file {
+            if report.as_os_str().is_empty() {
+                p.add("agent.model_health_file", "must not be empty when given");
+            } else if a.model_store.is_none() {
+                p.add(
+                    "agent.model_health_file",
+                    "needs agent.model_store (only store bundles are reported)",
+                );
+            }
         }
     }
 
@@ -655,6 +670,31 @@ after = "move"
     fn unknown_keys_are_refused_with_their_name() {
         let err = parse("[agent]\nworkrs = 2\n[[station]]\nid = \"a\"\n").expect_err("typo");
         assert!(err.to_string().contains("workrs"), "{err}");
+    }
+
+    #[test]
+    fn the_model_health_file_is_optional_and_checked_when_given() {
+        let config = parse("[[station]]\nid = \"a\"\n").expect("valid");
+        assert_eq!(config.agent.model_health_file, None);
+        let config = parse(
+            "[agent]\nmodel_store = \"/m\"\nmodel_health_file = \"/s/model-health.json\"\n[[station]]\nid = \"a\"\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.agent.model_health_file,
+            Some(PathBuf::from("/s/model-health.json"))
+        );
+        for agent in [
+            "model_store = \"/m\"\nmodel_health_file = \"\"",
+            "model_health_file = \"/s/model-health.json\"",
+        ] {
+            let text = format!("[agent]\n{agent}\n[[station]]\nid = \"a\"\n");
+            let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else {
+                panic!("expected a problem with {agent:?}");
+            };
+            let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(keys, ["agent.model_health_file"], "{problems:?}");
+        }
     }
 
     #[test]

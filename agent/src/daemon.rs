@@ -83,7 +83,8 @@ pub async fn run(
     let publisher = crate::mqtt::start(&config.mqtt, client_id, log.clone(), Arc::clone(&health))?;
 
     let slot = Arc::new(ModelSlot::default());
-    let serving_sha = start_model(&model, &slot, &health, &publisher).await?;
+    let report = config.agent.model_health_file.as_deref();
+    let watch_start = start_model(&model, report, &slot, &health, &publisher).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
@@ -111,7 +112,8 @@ pub async fn run(
     if let ModelSource::Store(root) = &model {
         background.push(tokio::spawn(serving::watch_store(
             root.clone(),
-            serving_sha,
+            watch_start,
+            config.agent.model_health_file.clone(),
             Duration::from_millis(config.agent.model_poll_ms),
             Arc::clone(&slot),
             Arc::clone(&health),
@@ -206,25 +208,33 @@ pub async fn run(
 }
 
 /// Puts the first model in service; a store without a usable `current` falls back to the
-/// shipped bundle, with the reason on the status.
+/// shipped bundle, with the reason on the status. Returns where the store watcher starts:
+/// the store bundle serving, or the one just refused (not validated again).
 async fn start_model(
     model: &ModelSource,
+    report: Option<&std::path::Path>,
     slot: &ModelSlot,
     health: &Health,
     publisher: &crate::mqtt::Publisher,
-) -> Result<Option<String>, DaemonError> {
-    match serving::load_initial(model, slot, health, publisher).await {
-        Ok(Some(sha)) => Ok(Some(sha)),
+) -> Result<serving::WatchStart, DaemonError> {
+    match serving::load_initial(model, report, slot, health, publisher).await {
+        Ok(Some(sha)) => Ok(serving::WatchStart {
+            serving: Some(sha),
+            refused: None,
+        }),
         Ok(None) => {
             tracing::warn!("the model store has no current bundle; serving the shipped bundle");
-            serving::load_initial(&ModelSource::Shipped, slot, health, publisher).await?;
-            Ok(None)
+            serving::load_initial(&ModelSource::Shipped, None, slot, health, publisher).await?;
+            Ok(serving::WatchStart::default())
         }
         Err(error) if matches!(model, ModelSource::Store(_)) => {
             tracing::error!(%error, "the model store's current bundle is unusable; serving the shipped bundle");
             publisher.model_error(Some(error.to_string()));
-            serving::load_initial(&ModelSource::Shipped, slot, health, publisher).await?;
-            Ok(None)
+            serving::load_initial(&ModelSource::Shipped, None, slot, health, publisher).await?;
+            Ok(serving::WatchStart {
+                serving: None,
+                refused: error.sha256().map(str::to_owned),
+            })
         }
         Err(error) => Err(error.into()),
     }

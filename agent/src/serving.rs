@@ -6,12 +6,18 @@
 //! and a new bundle is loaded and validated in the background and swapped in between two
 //! frames. A bundle that fails validation is refused: the old model keeps serving and the
 //! failure goes to the log and to the retained MQTT status.
+//!
+//! For the model updater, each store bundle's fate also goes to the model health report
+//! (`agent.model_health_file`, see [`defect_models::health`]): `loading` with its attempt
+//! number before it is read and validated, then `serving` or `refused`. The report is a
+//! courtesy: failing to write it is logged and never stops serving.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use defect_models::store::{Pointer, Store};
+use defect_models::health::{self, HealthState, ModelHealth};
+use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
 
 use crate::health::Health;
@@ -60,6 +66,8 @@ pub enum ServingError {
         origin: String,
         /// Why it could not be read.
         reason: String,
+        /// SHA-256 of the store bundle, when the store's pointer could be read.
+        sha256: Option<String>,
     },
     /// The bundle failed the validation gate.
     #[error("{origin} refused: {reason}")]
@@ -68,34 +76,175 @@ pub enum ServingError {
         origin: String,
         /// The gate's reason.
         reason: String,
+        /// SHA-256 of the bundle.
+        sha256: Option<String>,
     },
 }
 
-/// Loads the bundle the source names now; `Ok(None)` when the store has no `current` yet.
-fn read_bundle(source: &ModelSource) -> Result<Option<(Bundle, String)>, ServingError> {
-    let unreadable = |origin: String, reason: String| ServingError::Unreadable { origin, reason };
+impl ServingError {
+    /// SHA-256 of the bundle that could not be put in service, when known.
+    pub fn sha256(&self) -> Option<&str> {
+        match self {
+            ServingError::Unreadable { sha256, .. } | ServingError::Refused { sha256, .. } => {
+                sha256.as_deref()
+            }
+        }
+    }
+
+    /// The reason alone, without the origin (the text of the health report's `error`).
+    fn reason(&self) -> &str {
+        match self {
+            ServingError::Unreadable { reason, .. } | ServingError::Refused { reason, .. } => {
+                reason
+            }
+        }
+    }
+}
+
+/// What was put in service: the validated model and its description.
+type Validated = (Arc<Model>, ModelInfo);
+
+/// Loads and validates the bundle the source names now; `Ok(None)` when the store has no
+/// `current` yet. A store bundle is reported to `report` (the health file), if given.
+fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Validated>, ServingError> {
+    let unreadable = |origin: String, reason: String| ServingError::Unreadable {
+        origin,
+        reason,
+        sha256: None,
+    };
     match source {
-        ModelSource::Shipped => crate::embedded::shipped_bundle()
-            .map(|b| Some((b, "shipped bundle".to_owned())))
-            .map_err(|e| unreadable("shipped bundle".into(), e.to_string())),
-        ModelSource::File(path) => Bundle::open(path)
-            .map(|b| Some((b, path.display().to_string())))
-            .map_err(|e| unreadable(path.display().to_string(), e.to_string())),
+        ModelSource::Shipped => {
+            let bundle = crate::embedded::shipped_bundle()
+                .map_err(|e| unreadable("shipped bundle".into(), e.to_string()))?;
+            validate(&bundle, "shipped bundle").map(Some)
+        }
+        ModelSource::File(path) => {
+            let origin = path.display().to_string();
+            let bundle =
+                Bundle::open(path).map_err(|e| unreadable(origin.clone(), e.to_string()))?;
+            validate(&bundle, &origin).map(Some)
+        }
         ModelSource::Store(root) => {
-            let origin = format!("{}/current", root.display());
-            let bundle = Store::at(root)
-                .load(Pointer::Current)
-                .map_err(|e| unreadable(origin.clone(), e.to_string()))?;
-            Ok(bundle.map(|b| (b, origin)))
+            let pointed = Store::at(root)
+                .pointer(Pointer::Current)
+                .map_err(|e| unreadable(format!("{}/current", root.display()), e.to_string()))?;
+            match pointed {
+                Some(sha) => load_store_bundle(root, &sha, report).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// Reads the store bundle `sha256` and validates it, with a health report before (`loading`)
+/// and after (`serving` or `refused`) when `report` names the health file.
+fn load_store_bundle(
+    root: &Path,
+    sha256: &str,
+    report: Option<&Path>,
+) -> Result<Validated, ServingError> {
+    let trial = report.map(|path| Trial::begin(path, sha256));
+    let store = Store::at(root);
+    let origin = format!("{}/current ({sha256})", root.display());
+    let path = store.bundle_path(sha256);
+    let unreadable = |reason: String| ServingError::Unreadable {
+        origin: origin.clone(),
+        reason,
+        sha256: Some(sha256.to_owned()),
+    };
+    let bundle = std::fs::read(&path)
+        .map_err(|source| StoreError::Io { path, source })
+        .and_then(|bytes| Bundle::from_bytes(bytes).map_err(StoreError::from))
+        .map_err(|e| unreadable(e.to_string()))
+        .and_then(|bundle| {
+            if bundle.digest() == sha256 {
+                Ok(bundle)
+            } else {
+                Err(unreadable(format!(
+                    "the bundle file's content has SHA-256 {}, not the one it is named by",
+                    bundle.digest()
+                )))
+            }
+        });
+    let model_version = bundle.as_ref().ok().map(|b| b.manifest().model_version);
+    let result = bundle.and_then(|bundle| {
+        validate(&bundle, &origin).map_err(|e| match e {
+            ServingError::Refused { origin, reason, .. } => ServingError::Refused {
+                origin,
+                reason,
+                sha256: Some(sha256.to_owned()),
+            },
+            other => other,
+        })
+    });
+    if let Some(trial) = trial {
+        match &result {
+            Ok((_, info)) => trial.write(HealthState::Serving, Some(info.mv), None),
+            Err(error) => trial.write(
+                HealthState::Refused,
+                model_version,
+                Some(error.reason().to_owned()),
+            ),
+        }
+    }
+    result
+}
+
+/// One load of a store bundle as the health report tells it: the attempt number is fixed
+/// when it begins, from the report left by the previous load.
+struct Trial {
+    path: PathBuf,
+    sha256: String,
+    attempt: u32,
+}
+
+impl Trial {
+    /// Writes `loading` for `sha256`, counting attempts on from an unfinished earlier load.
+    fn begin(path: &Path, sha256: &str) -> Trial {
+        let previous = health::read(path).unwrap_or_else(|error| {
+            tracing::warn!(%error, path = %path.display(), "cannot read the previous model health report; counting attempts from 1");
+            None
+        });
+        let trial = Trial {
+            path: path.to_owned(),
+            sha256: sha256.to_owned(),
+            attempt: health::next_attempt(previous.as_ref(), sha256),
+        };
+        if trial.attempt > 1 {
+            tracing::warn!(
+                sha256,
+                attempt = trial.attempt,
+                "an earlier agent died while loading this bundle; loading it again"
+            );
+        }
+        trial.write(HealthState::Loading, None, None);
+        trial
+    }
+
+    /// Writes the report in `state`; a failure is logged, never returned.
+    fn write(&self, state: HealthState, model_version: Option<u64>, error: Option<String>) {
+        let report = ModelHealth {
+            v: health::VERSION,
+            sha256: self.sha256.clone(),
+            state,
+            attempt: self.attempt,
+            model_version,
+            error,
+            agent_pid: std::process::id(),
+            at_ms: unix_ms(),
+        };
+        if let Err(error) = health::write(&self.path, &report) {
+            tracing::warn!(%error, path = %self.path.display(), ?state, "cannot write the model health report; serving goes on");
         }
     }
 }
 
 /// Validates a bundle through the gate and describes it.
-fn validate(bundle: &Bundle, origin: &str) -> Result<(Arc<Model>, ModelInfo), ServingError> {
+fn validate(bundle: &Bundle, origin: &str) -> Result<Validated, ServingError> {
     let (model, report) = gate::validate(bundle).map_err(|e| ServingError::Refused {
         origin: origin.to_owned(),
         reason: e.to_string(),
+        sha256: None,
     })?;
     let manifest = model.manifest();
     tracing::info!(
@@ -117,25 +266,25 @@ fn validate(bundle: &Bundle, origin: &str) -> Result<(Arc<Model>, ModelInfo), Se
     Ok((model, info))
 }
 
-/// Puts the source's bundle in service at start-up. Returns whether a model is serving.
+/// Puts the source's bundle in service at start-up. Returns the SHA-256 of the bundle now
+/// serving; `None` when the store has no `current` yet (nothing is put in service then).
+/// A store bundle's verdict goes to the health file `report`, if given.
 pub async fn load_initial(
     source: &ModelSource,
+    report: Option<&Path>,
     slot: &ModelSlot,
     health: &Health,
     publisher: &Publisher,
 ) -> Result<Option<String>, ServingError> {
     let source = source.clone();
-    let loaded = tokio::task::spawn_blocking(move || -> Result<_, ServingError> {
-        match read_bundle(&source)? {
-            Some((bundle, origin)) => validate(&bundle, &origin).map(Some),
-            None => Ok(None),
-        }
-    })
-    .await
-    .map_err(|e| ServingError::Unreadable {
-        origin: "model loader".into(),
-        reason: e.to_string(),
-    })??;
+    let report = report.map(Path::to_owned);
+    let loaded = tokio::task::spawn_blocking(move || load(&source, report.as_deref()))
+        .await
+        .map_err(|e| ServingError::Unreadable {
+            origin: "model loader".into(),
+            reason: e.to_string(),
+            sha256: None,
+        })??;
     match loaded {
         Some((model, info)) => {
             let sha = info.sha256.clone();
@@ -148,17 +297,32 @@ pub async fn load_initial(
     }
 }
 
+/// What the store watcher starts from: the store bundle serving and the one refused at
+/// start-up (neither is validated again until `current` names another bundle).
+#[derive(Debug, Clone, Default)]
+pub struct WatchStart {
+    /// SHA-256 of the store bundle in service, if one is.
+    pub serving: Option<String>,
+    /// SHA-256 of the store bundle refused at start-up, if one was.
+    pub refused: Option<String>,
+}
+
 /// Watches the store's `current` pointer and swaps in each new bundle that passes the gate.
+/// Each bundle's verdict goes to the health file `report`, if given.
 pub async fn watch_store(
     root: PathBuf,
-    mut serving: Option<String>,
+    start: WatchStart,
+    report: Option<PathBuf>,
     poll: Duration,
     slot: Arc<ModelSlot>,
     health: Arc<Health>,
     publisher: Publisher,
 ) {
     let store = Store::at(&root);
-    let mut refused: Option<String> = None;
+    let WatchStart {
+        mut serving,
+        mut refused,
+    } = start;
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -174,14 +338,9 @@ pub async fn watch_store(
         if Some(&pointed) == serving.as_ref() || Some(&pointed) == refused.as_ref() {
             continue;
         }
-        let source = ModelSource::Store(root.clone());
-        let loaded = tokio::task::spawn_blocking(move || match read_bundle(&source) {
-            Ok(Some((bundle, origin))) => validate(&bundle, &origin),
-            Ok(None) => Err(ServingError::Unreadable {
-                origin: "store".into(),
-                reason: "current pointer vanished".into(),
-            }),
-            Err(e) => Err(e),
+        let (store_root, sha, report) = (root.clone(), pointed.clone(), report.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_store_bundle(&store_root, &sha, report.as_deref())
         })
         .await;
         match loaded {

@@ -13,17 +13,21 @@
 //! - [`classifier`]: tract inference; a shared [`Model`] and a per-thread [`Classifier`].
 //! - [`decision`]: scores to pass or reject with per-class thresholds.
 //! - [`gate`]: the validation gate run before a bundle may serve.
+//! - [`atomic`]: crash-safe replacement of small files.
 //! - [`store`]: the on-disk model store: content-addressed bundles and atomic pointers.
+//! - [`health`]: the agent's model health report, its verdict on the store's `current` bundle.
 //!
 //! The format is documented for ops and customers in `models/MANIFEST.md`.
 
 #![forbid(unsafe_code)]
 
+pub mod atomic;
 pub mod bundle;
 pub mod classifier;
 pub mod decision;
 pub mod frame;
 pub mod gate;
+pub mod health;
 pub mod manifest;
 pub mod preprocess;
 pub mod store;

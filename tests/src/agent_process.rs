@@ -29,6 +29,8 @@ pub struct AgentSettings {
     pub http: Option<String>,
     /// Model store folder, if any.
     pub model_store: Option<PathBuf>,
+    /// Model health report file (`agent.model_health_file`), if any.
+    pub model_health_file: Option<PathBuf>,
     /// Extra TOML appended to `[mqtt]`.
     pub mqtt_extra: String,
     /// Extra TOML appended to every `[station.hot_folder]`.
@@ -53,6 +55,7 @@ impl AgentSettings {
             workers: 2,
             http: None,
             model_store: None,
+            model_health_file: None,
             mqtt_extra: String::new(),
             hot_folder_extra: String::new(),
             env: Vec::new(),
@@ -122,6 +125,9 @@ impl AgentProcess {
         );
         if let Some(store) = &s.model_store {
             text.push_str(&format!("model_store = {store:?}\n"));
+        }
+        if let Some(report) = &s.model_health_file {
+            text.push_str(&format!("model_health_file = {report:?}\n"));
         }
         text.push_str(&format!(
             "[mqtt]\nport = {}\nprotocol = {:?}\ntopic_prefix = {:?}\nkeep_alive_s = 5\nheartbeat_ms = 200\nreconnect_min_ms = 50\nreconnect_max_ms = 400\n{}\n",
@@ -201,6 +207,11 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Process id of the running agent, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is still running.

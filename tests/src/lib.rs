@@ -7,8 +7,11 @@
 
 pub mod agent_process;
 pub mod broker;
+pub mod bundles;
 pub mod crash_fixture;
+pub mod repo_server;
 pub mod subscriber;
+pub mod updater_box;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

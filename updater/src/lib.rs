@@ -1,10 +1,43 @@
 //! # model-updater
 //!
 //! The separate process that brings signed model versions from the central server onto an
-//! edge box and swaps them in atomically. This crate will hold the TUF client, the resumable
-//! downloader, the install/trial/rollback state machine and the ops-side publishing commands.
+//! edge box and swaps them in atomically, and the ops-side commands that sign and publish them.
+//!
+//! ## Layout
+//!
+//! Box side, in the order an update flows through them:
+//! - [`config`]: the TOML configuration, every problem reported by key.
+//! - [`clock`]: when the wall clock may judge metadata expiry (1970, steps back).
+//! - [`trust`]: the box's own root history and crash-safe anti-rollback floor.
+//! - [`transport`]: how `tough` fetches metadata (HTTP or local files).
+//! - [`verify`]: one verified check of the repository, with our safeguards on top of TUF.
+//! - [`select`]: which release this box installs.
+//! - [`download`]: the resumable, rate-limited, length-bounded bundle downloader.
+//! - [`install`]: staging into the model store, pointer switches, revert, garbage collection.
+//! - [`trial`]: the verdict on a new bundle from the agent's model health report.
+//! - [`state`]: the write-ahead record of trials and bad versions.
+//! - [`status`], [`mqtt`]: the status document, its file and its retained MQTT topic.
+//! - [`service`]: one update cycle and the daemon loop.
+//!
+//! Ops side:
+//! - [`publish`]: creating and signing the repository the boxes read.
 
 #![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod config;
+pub mod download;
+pub mod install;
+pub mod mqtt;
+pub mod publish;
+pub mod select;
+pub mod service;
+pub mod state;
+pub mod status;
+pub mod transport;
+pub mod trial;
+pub mod trust;
+pub mod verify;
 
 /// Version of this build.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,14 +1,246 @@
 //! `model-updater`: signed model updates for defect-agent.
+//!
+//! Box side: `run` (the daemon), `check` (one cycle), `install-from` (a repository copied onto
+//! removable media), `status`, `check-config`. Ops side: `repo` (create, publish, re-sign,
+//! rotate keys).
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use model_updater::config::{Config, ConfigError};
+use model_updater::service::{self, Outcome, Updater};
+use model_updater::verify::Source;
 
 /// Signed model updates for defect-agent.
 #[derive(Parser)]
 #[command(name = "model-updater", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    let _ = Cli::parse();
-    eprintln!("model-updater {}: no commands yet", model_updater::VERSION);
-    std::process::exit(64);
+#[derive(Subcommand)]
+enum Command {
+    /// Run the updater daemon: check on an interval and on announcements, install, try, commit
+    /// or revert.
+    Run {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run one update cycle now and exit: 0 up to date or installed, 1 failed, 2 reverted,
+    /// 3 repository unreachable.
+    Check {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Install from a repository copied into a folder (e.g. a USB stick holding `metadata/`
+    /// and `targets/`), with the same verification as online updates. Exit codes as `check`.
+    InstallFrom {
+        /// The repository folder.
+        path: PathBuf,
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the updater's status, trial and bad versions.
+    Status {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the status document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and exit (78 when invalid).
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ops side: create, publish to and maintain a signed repository.
+    #[command(subcommand)]
+    Repo(model_updater::publish::RepoCommand),
+}
+
+const EXIT_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("model-updater: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("model-updater: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        match &error {
+            ConfigError::Invalid { problems, .. } => {
+                eprintln!("model-updater: config {} is invalid:", path.display());
+                for problem in problems {
+                    eprintln!("  {problem}");
+                }
+            }
+            other => eprintln!("model-updater: {other}"),
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            service::run(config, shutdown_signal()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let source = service::configured_source(&config)?;
+            one_cycle(config, source).await
+        }
+        Command::InstallFrom { path, config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let source = Source::local(&path, config.repository.trusted_root.clone())?;
+            one_cycle(config, source).await
+        }
+        Command::Status { config, json } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            print_status(&config, json)
+        }
+        Command::CheckConfig { config } => Ok(match load(&config) {
+            Ok(_) => {
+                println!("{}: ok", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        }),
+        Command::Repo(command) => {
+            command.run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn one_cycle(config: Config, source: Source) -> anyhow::Result<ExitCode> {
+    let mut updater = Updater::open(config)?;
+    Ok(match updater.cycle(&source).await {
+        Ok(Outcome::UpToDate) => {
+            println!("up to date");
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Installed(m)) => {
+            println!(
+                "installed {} model_version {} ({})",
+                m.model, m.model_version, m.sha256
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Outcome::Reverted { candidate, reason }) => {
+            println!(
+                "reverted {} model_version {} ({}): {reason}",
+                candidate.model, candidate.model_version, candidate.sha256
+            );
+            ExitCode::from(2)
+        }
+        Err(error) if error.is_offline() => {
+            eprintln!("model-updater: {}", model_updater::verify::chain(&error));
+            ExitCode::from(3)
+        }
+        Err(error) => {
+            eprintln!("model-updater: {}", model_updater::verify::chain(&error));
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let state_dir = &config.paths.state_dir;
+    let status = model_updater::status::read(state_dir)
+        .map_err(anyhow::Error::msg)
+        .context("cannot read the status")?;
+    let Some(status) = status else {
+        println!(
+            "no status yet: the updater has not run with state folder {}",
+            state_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let model = |m: &Option<model_updater::state::ModelRef>| match m {
+        Some(m) => format!(
+            "{} {} (model_version {}, {})",
+            m.model, m.version, m.model_version, m.sha256
+        ),
+        None => "none".into(),
+    };
+    let time = |t: Option<u64>| t.map_or("never".into(), model_updater::clock::rfc3339);
+    println!("state:         {:?}", status.state);
+    println!("current:       {}", model(&status.current));
+    println!("pending:       {}", model(&status.pending));
+    println!("last check:    {}", time(status.last_check_ms));
+    println!("last success:  {}", time(status.last_success_ms));
+    println!(
+        "last error:    {}",
+        status.last_error.as_deref().unwrap_or("none")
+    );
+    if let Some(warning) = &status.clock_warning {
+        println!("clock:         {warning}");
+    }
+    for bad in &status.bad {
+        println!("marked bad:    {bad}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }

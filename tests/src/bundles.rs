@@ -1,0 +1,56 @@
+//! Model bundles made for tests from the shipped classifier.
+//!
+//! This module owns the variants the update tests publish: the shipped bundle with another
+//! `model_version`, and one whose golden expectations the model does not meet, so that the
+//! agent's validation gate refuses it while every structural check passes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use defect_models::{Bundle, Manifest};
+
+use crate::repo_root;
+
+/// The shipped bundle rebuilt with `edit` applied to its manifest text.
+pub fn shipped_variant(edit: impl Fn(String) -> String) -> Vec<u8> {
+    let dir = repo_root().join("models/shipped");
+    let text = std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest");
+    let manifest = Manifest::from_toml(&edit(text)).expect("edited manifest");
+    let model = std::fs::read(dir.join("surface-classifier.onnx")).expect("onnx");
+    let golden: BTreeMap<String, Vec<u8>> = manifest
+        .validation
+        .golden
+        .iter()
+        .map(|g| {
+            (
+                g.file.clone(),
+                std::fs::read(dir.join(&g.file)).expect("golden"),
+            )
+        })
+        .collect();
+    Bundle::create(manifest, model, &golden)
+        .expect("bundle")
+        .bytes()
+        .to_vec()
+}
+
+/// The shipped classifier as `model_version` `version`: passes the agent's gate.
+pub fn with_model_version(version: u64) -> Vec<u8> {
+    shipped_variant(|t| t.replace("model_version = 1", &format!("model_version = {version}")))
+}
+
+/// A bundle of `model_version` `version` whose golden expectations the model does not meet:
+/// structurally valid, refused by the agent's validation gate.
+pub fn failing_gate(version: u64) -> Vec<u8> {
+    shipped_variant(|t| {
+        t.replace("model_version = 1", &format!("model_version = {version}"))
+            .replacen("expected = [", "expected = [0.5, 0.5, 0.0, 0.0, 0.0] #", 1)
+    })
+}
+
+/// Writes bundle bytes to `<dir>/<name>` and returns the path.
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}

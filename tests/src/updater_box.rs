@@ -1,0 +1,354 @@
+//! An edge box's update side for tests: the real `model-updater` binary with its config, state
+//! folder and model store, and a signed repository made by the real `model-updater repo`
+//! commands.
+//!
+//! This module owns [`UpdaterBox`] (config, store seeded with the shipped bundle as `factory`
+//! and `current`, one-shot `check` runs, daemon runs that tests may `kill -9`, and readers of
+//! the store, the trust record and the status) and [`OwnRepo`] (a repository and its keys
+//! built by our own publisher).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use defect_models::store::{Pointer, Store};
+use tempfile::TempDir;
+
+use crate::binary;
+
+/// Settings a test varies.
+#[derive(Debug, Clone)]
+pub struct BoxSettings {
+    /// `…/metadata/` base URL.
+    pub metadata_url: String,
+    /// `…/targets/` base URL.
+    pub targets_url: String,
+    /// The root the box ships with.
+    pub trusted_root: PathBuf,
+    /// The line this box is on.
+    pub line: Option<String>,
+    /// Its stations.
+    pub stations: Vec<String>,
+    /// Seconds the agent has to report a new bundle serving.
+    pub trial_timeout_s: u64,
+    /// Extra TOML appended to the config (whole sections).
+    pub extra: String,
+}
+
+impl BoxSettings {
+    /// Settings for a repository served at `base` (`http://host:port/`) or a `file://` URL.
+    pub fn new(base: &str, trusted_root: &Path) -> BoxSettings {
+        let base = base.trim_end_matches('/');
+        BoxSettings {
+            metadata_url: format!("{base}/metadata/"),
+            targets_url: format!("{base}/targets/"),
+            trusted_root: trusted_root.to_owned(),
+            line: Some("line3".into()),
+            stations: vec!["cam1".into()],
+            trial_timeout_s: 60,
+            extra: String::new(),
+        }
+    }
+}
+
+/// One box's updater: folders, config and the binary.
+#[derive(Debug)]
+pub struct UpdaterBox {
+    dir: TempDir,
+    /// The updater's state folder.
+    pub state_dir: PathBuf,
+    /// The model store.
+    pub store_dir: PathBuf,
+    /// The agent's model health report.
+    pub health_file: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// Environment added to every run (e.g. libfaketime).
+    pub env: Vec<(String, String)>,
+}
+
+impl UpdaterBox {
+    /// A box with the shipped bundle as `factory` and `current`.
+    pub fn new(settings: &BoxSettings) -> UpdaterBox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_dir = dir.path().join("updater");
+        let store_dir = dir.path().join("models");
+        let health_file = dir.path().join("agent/model-health.json");
+        std::fs::create_dir_all(dir.path().join("agent")).expect("agent dir");
+        let store = Store::open(&store_dir).expect("store");
+        let shipped = std::fs::read(crate::shipped_bundle()).expect("shipped bundle");
+        let sha = store.add(&shipped).expect("add shipped");
+        store.set_pointer(Pointer::Factory, &sha).expect("factory");
+        store.set_pointer(Pointer::Current, &sha).expect("current");
+        let config = dir.path().join("model-updater.toml");
+        let stations = settings
+            .stations
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = settings
+            .line
+            .as_ref()
+            .map(|l| format!("line = {l:?}\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"[repository]
+metadata_url = {metadata:?}
+targets_url = {targets:?}
+trusted_root = {root:?}
+
+[box]
+model = "surface-classifier"
+{line}stations = [{stations}]
+
+[paths]
+state_dir = {state:?}
+model_store = {store:?}
+
+[poll]
+interval_s = 3600
+jitter_s = 0
+
+[download]
+attempts = 4
+backoff_initial_ms = 50
+backoff_max_ms = 400
+stall_timeout_s = 5
+free_space_margin_bytes = 0
+
+[trial]
+health_file = {health:?}
+timeout_s = {timeout}
+max_attempts = 3
+{extra}"#,
+            metadata = settings.metadata_url,
+            targets = settings.targets_url,
+            root = settings.trusted_root.display().to_string(),
+            state = state_dir.display().to_string(),
+            store = store_dir.display().to_string(),
+            health = health_file.display().to_string(),
+            timeout = settings.trial_timeout_s,
+            extra = settings.extra,
+        );
+        std::fs::write(&config, text).expect("config");
+        UpdaterBox {
+            dir,
+            state_dir,
+            store_dir,
+            health_file,
+            config,
+            env: Vec::new(),
+        }
+    }
+
+    /// The box's temporary folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `model-updater` command with this box's environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("model-updater"));
+        command.args(args).env("RUST_LOG", "info");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    /// Runs `model-updater check` once and returns its output.
+    pub fn check(&self) -> Output {
+        let config = self.config.display().to_string();
+        self.command(&["check", "--config", &config])
+            .output()
+            .expect("run model-updater check")
+    }
+
+    /// Runs `model-updater install-from PATH` once and returns its output.
+    pub fn install_from(&self, repo: &Path) -> Output {
+        let config = self.config.display().to_string();
+        let repo = repo.display().to_string();
+        self.command(&["install-from", &repo, "--config", &config])
+            .output()
+            .expect("run model-updater install-from")
+    }
+
+    /// Starts `model-updater <args…> --config FILE` in the background, output to `log`.
+    pub fn spawn(&self, command: &str, log: &Path) -> Child {
+        let config = self.config.display().to_string();
+        let out = std::fs::File::create(log).expect("log");
+        let err = out.try_clone().expect("log");
+        self.command(&[command, "--config", &config])
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn model-updater")
+    }
+
+    /// The store (read side).
+    pub fn store(&self) -> Store {
+        Store::at(&self.store_dir)
+    }
+
+    /// `(sha256, model_version)` of the bundle `current` names; the bundle is read and checked
+    /// in full (digest and manifest).
+    pub fn current(&self) -> (String, u64) {
+        let bundle = self
+            .store()
+            .load(Pointer::Current)
+            .expect("current must name a complete, valid bundle")
+            .expect("current must exist");
+        (bundle.digest().to_owned(), bundle.manifest().model_version)
+    }
+
+    /// The updater's status document, if written.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        read_json(&self.state_dir.join("status.json"))
+    }
+
+    /// The updater's state (trial, bad versions), if written.
+    pub fn state(&self) -> Option<serde_json::Value> {
+        read_json(&self.state_dir.join("updater-state.json"))
+    }
+
+    /// The anti-rollback record, if written.
+    pub fn floor(&self) -> Option<serde_json::Value> {
+        read_json(&self.state_dir.join("trust/floor.json"))
+    }
+}
+
+fn read_json(path: &Path) -> Option<serde_json::Value> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Describes a finished `model-updater` run for assertion messages.
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A repository and its keys, built by `model-updater repo`.
+#[derive(Debug)]
+pub struct OwnRepo {
+    dir: TempDir,
+    /// The repository folder (`metadata/`, `targets/`): what the server serves.
+    pub repo: PathBuf,
+    /// The keys folder.
+    pub keys: PathBuf,
+}
+
+/// Runs `model-updater repo <args>` and panics with its output on failure.
+pub fn publisher(args: &[&str]) -> Output {
+    let output = Command::new(binary("model-updater"))
+        .arg("repo")
+        .args(args)
+        .output()
+        .expect("run model-updater repo");
+    assert!(
+        output.status.success(),
+        "repo {args:?}: {}",
+        describe(&output)
+    );
+    output
+}
+
+impl OwnRepo {
+    /// `repo init`: a 2-of-3 root, one key for each other role.
+    pub fn init() -> OwnRepo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        publisher(&[
+            "init",
+            "--repo",
+            &repo.display().to_string(),
+            "--keys",
+            &keys.display().to_string(),
+        ]);
+        OwnRepo { dir, repo, keys }
+    }
+
+    /// The folder holding the repository and keys.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The root a box ships with (version 1).
+    pub fn first_root(&self) -> PathBuf {
+        self.repo.join("metadata/1.root.json")
+    }
+
+    /// `repo add-target` of bundle bytes; returns the bundle's SHA-256.
+    pub fn add(&self, bytes: &[u8], extra: &[&str]) -> String {
+        let sha = defect_models::bundle::sha256_hex(bytes);
+        let file = crate::bundles::write(self.dir.path(), &format!("{sha}.dmb"), bytes);
+        let mut args = vec![
+            "add-target".to_owned(),
+            "--repo".into(),
+            self.repo.display().to_string(),
+            "--keys".into(),
+            self.keys.display().to_string(),
+            "--bundle".into(),
+            file.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        publisher(&args);
+        sha
+    }
+
+    /// `repo resign-timestamp` with the timestamp key.
+    pub fn resign_timestamp(&self, extra: &[&str]) {
+        let mut args = vec![
+            "resign-timestamp".to_owned(),
+            "--repo".into(),
+            self.repo.display().to_string(),
+            "--key".into(),
+            self.keys.join("timestamp.pk8").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        publisher(&args);
+    }
+
+    /// `repo rotate-key --role ROLE` (with extra arguments such as `--revoke`).
+    pub fn rotate(&self, role: &str, extra: &[&str]) {
+        let mut args = vec![
+            "rotate-key".to_owned(),
+            "--repo".into(),
+            self.repo.display().to_string(),
+            "--keys".into(),
+            self.keys.display().to_string(),
+            "--role".into(),
+            role.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        publisher(&args);
+    }
+
+    /// Copies the repository folder (metadata and targets) to `to`, e.g. to keep an old state
+    /// for a replay.
+    pub fn snapshot_to(&self, to: &Path) {
+        copy_dir(&self.repo, to);
+    }
+}
+
+/// Copies a folder tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! One update cycle and the daemon loop around it.
+//!
+//! This module owns the order of an update: finish whatever a restart interrupted, verify the
+//! repository, choose a release, check free space, download (resumable), stage it into the
+//! store, start the trial, and commit or revert on the agent's verdict. Every durable step is
+//! recorded before the next begins, so `kill -9` at any instant leaves `current` naming a
+//! complete, verified bundle and the next start finishes the job. The daemon loop runs a cycle
+//! on an interval with jitter, or at once when an update is announced over MQTT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use defect_models::store::{Store, StoreError};
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::clock;
+use crate::config::Config;
+use crate::download::{self, DownloadError};
+use crate::install::{self, InstallError};
+use crate::select;
+use crate::state::{ModelRef, StateFile, UpdaterState};
+use crate::status::{Phase, StatusBoard};
+use crate::trial::{self, Verdict};
+use crate::trust::{TrustError, TrustStore};
+use crate::verify::{self, CheckError, Release, Source};
+
+/// How a cycle ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing newer for this box.
+    UpToDate,
+    /// A new bundle serves and was committed.
+    Installed(ModelRef),
+    /// A new bundle failed its trial, was reverted and marked bad.
+    Reverted {
+        /// The bundle that failed.
+        candidate: ModelRef,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why a cycle failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The repository check failed.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// The download failed.
+    #[error("download of {target}: {source}")]
+    Download {
+        /// The target.
+        target: String,
+        /// What failed.
+        source: Box<DownloadError>,
+    },
+    /// Staging or switching failed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    /// The model store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The trust state could not be opened.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// A local folder could not be created or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl UpdateError {
+    /// Whether this is the quiet "no connectivity" kind.
+    pub fn is_offline(&self) -> bool {
+        match self {
+            UpdateError::Check(e) => e.is_offline(),
+            UpdateError::Download { source, .. } => source.is_offline(),
+            _ => false,
+        }
+    }
+}
+
+/// The updater of one box.
+#[derive(Debug)]
+pub struct Updater {
+    config: Config,
+    store: Store,
+    trust: TrustStore,
+    state_file: StateFile,
+    state: UpdaterState,
+    client: reqwest::Client,
+    board: Arc<StatusBoard>,
+}
+
+impl Updater {
+    /// Opens the state, the trust record and the store, and finishes what a restart
+    /// interrupted (a revert in progress is completed; a trial in progress is resumed by the
+    /// next cycle).
+    pub fn open(config: Config) -> Result<Updater, UpdateError> {
+        let state_dir = config.paths.state_dir.clone();
+        for dir in [state_dir.clone(), state_dir.join("downloads")] {
+            std::fs::create_dir_all(&dir).map_err(|source| UpdateError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let store = Store::open(&config.paths.model_store)?;
+        let trust = TrustStore::open(&state_dir)?;
+        let state_file = StateFile::new(&state_dir);
+        let (mut state, damaged) = state_file.load();
+        if let Some(reason) = damaged {
+            tracing::error!(
+                reason,
+                "the updater state was damaged; starting from an empty state"
+            );
+        }
+        let policy = config.download.policy();
+        let client = download::client(&policy).map_err(|source| UpdateError::Download {
+            target: "(client)".into(),
+            source: Box::new(source),
+        })?;
+        let board = Arc::new(StatusBoard::new(&state_dir));
+        if let Some(reason) = install::recover(&store, &state_file, &mut state, clock::now_ms())? {
+            tracing::warn!(reason, "finished reverting a bundle after a restart");
+        }
+        let updater = Updater {
+            config,
+            store,
+            trust,
+            state_file,
+            state,
+            client,
+            board,
+        };
+        updater.refresh_status(None);
+        Ok(updater)
+    }
+
+    /// The status board (for the MQTT link).
+    pub fn board(&self) -> Arc<StatusBoard> {
+        self.board.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The persisted state.
+    pub fn state(&self) -> &UpdaterState {
+        &self.state
+    }
+
+    fn refresh_status(&self, phase: Option<Phase>) {
+        let (current, _) = install::survey(&self.store);
+        let bad = self
+            .state
+            .bad
+            .iter()
+            .map(|(sha, b)| format!("{} {} ({}): {}", b.model, b.model_version, sha, b.reason))
+            .collect();
+        let pending = self.state.trial.as_ref().map(|t| t.candidate.clone());
+        self.board.update(|s| {
+            s.current = current;
+            s.bad = bad;
+            if pending.is_some() {
+                s.pending = pending;
+                s.state = Phase::Trial;
+            }
+            if let Some(phase) = phase {
+                s.state = phase;
+            }
+        });
+    }
+
+    /// Runs one cycle against `source` (the configured server, or a local copy).
+    pub async fn cycle(&mut self, source: &Source) -> Result<Outcome, UpdateError> {
+        let result = self.cycle_inner(source).await;
+        let now = clock::now_ms();
+        match &result {
+            Ok(outcome) => {
+                match outcome {
+                    Outcome::UpToDate => tracing::info!("up to date"),
+                    Outcome::Installed(m) => {
+                        tracing::info!(model = %m.model, model_version = m.model_version, sha256 = %m.sha256, "new model installed and committed")
+                    }
+                    Outcome::Reverted { candidate, reason } => {
+                        tracing::error!(model = %candidate.model, model_version = candidate.model_version, sha256 = %candidate.sha256, reason, "new model reverted and marked bad")
+                    }
+                }
+                self.board.update(|s| {
+                    s.last_check_ms = Some(now);
+                    s.pending = None;
+                    s.progress = None;
+                    if let Outcome::Reverted { candidate, reason } = outcome {
+                        s.last_error = Some(format!(
+                            "{} model_version {} reverted: {reason}",
+                            candidate.model, candidate.model_version
+                        ));
+                    }
+                });
+                self.refresh_status(Some(Phase::Idle));
+            }
+            Err(error) if error.is_offline() => {
+                tracing::info!(error = %verify::chain(error), "repository not reachable; will retry");
+                self.board.update(|s| {
+                    s.last_check_ms = Some(now);
+                    s.progress = None;
+                });
+                self.refresh_status(Some(Phase::Offline));
+            }
+            Err(error) => {
+                let text = verify::chain(error);
+                tracing::error!(error = %text, "update check failed");
+                self.board.update(|s| {
+                    s.last_check_ms = Some(now);
+                    s.last_error = Some(text);
+                    s.progress = None;
+                });
+                self.refresh_status(Some(Phase::Error));
+            }
+        }
+        result
+    }
+
+    async fn cycle_inner(&mut self, source: &Source) -> Result<Outcome, UpdateError> {
+        if self.state.trial.is_some() {
+            return self.await_verdict().await;
+        }
+        self.refresh_status(Some(Phase::Checking));
+        let (current, evidence) = install::survey(&self.store);
+        let verified = verify::check(source, &self.trust, &evidence, self.client.clone()).await?;
+        let clock_warning = verified.clock.stepped_back_ms.map(|back| {
+            format!(
+                "the system clock stepped back {} s since the last successful check",
+                back / 1000
+            )
+        });
+        for skipped in &verified.skipped {
+            tracing::warn!(skipped, "target ignored");
+        }
+        self.board.update(|s| {
+            s.last_success_ms = Some(verified.clock.now_ms);
+            s.last_error = None;
+            s.clock_warning = clock_warning;
+        });
+        let floor = self
+            .trust
+            .load_floor(&evidence)?
+            .floor
+            .model_version(&self.config.target.model)
+            .max(current.as_ref().map_or(0, |c| c.model_version));
+        let choice = select::choose(
+            &verified.releases,
+            &self.config.target,
+            floor,
+            &self.state.bad,
+        );
+        for refused in &choice.refused {
+            tracing::warn!(refused, "release refused");
+        }
+        let Some(release) = choice.install else {
+            return Ok(Outcome::UpToDate);
+        };
+        self.install(release).await
+    }
+
+    async fn install(&mut self, release: Release) -> Result<Outcome, UpdateError> {
+        let pending = ModelRef {
+            model: release.model.clone(),
+            model_version: release.model_version,
+            version: release.version.clone(),
+            sha256: release.sha256_hex(),
+        };
+        tracing::info!(target = %release.target, model_version = release.model_version, bytes = release.length, "downloading");
+        self.board.update(|s| {
+            s.state = Phase::Downloading;
+            s.pending = Some(pending.clone());
+        });
+        let download_error = |source| UpdateError::Download {
+            target: release.target.clone(),
+            source: Box::new(source),
+        };
+        let needed = release
+            .length
+            .saturating_mul(2)
+            .saturating_add(self.config.download.free_space_margin_bytes);
+        download::ensure_free_space(self.store.root(), needed).map_err(download_error)?;
+        let partial = self
+            .config
+            .paths
+            .state_dir
+            .join("downloads")
+            .join(format!("{}.part", pending.sha256));
+        remove_other_downloads(&partial);
+        let target = download::Target {
+            url: release.url.clone(),
+            length: release.length,
+            sha256: release.sha256,
+        };
+        download::download(
+            &self.client,
+            &target,
+            &partial,
+            &self.config.download.policy(),
+        )
+        .await
+        .map_err(download_error)?;
+
+        self.board.update(|s| s.state = Phase::Installing);
+        let bytes = std::fs::read(&partial).map_err(|source| UpdateError::Io {
+            path: partial.clone(),
+            source,
+        })?;
+        let staged = match install::stage(&self.store, bytes, &release) {
+            Ok(staged) => staged,
+            Err(error @ (InstallError::NotABundle { .. } | InstallError::Mismatch { .. })) => {
+                let _ = std::fs::remove_file(&partial);
+                self.mark_bad(&pending, &error.to_string());
+                return Err(error.into());
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let _ = std::fs::remove_file(&partial);
+        let timeout_ms = self.config.trial.timeout_s.saturating_mul(1000);
+        install::start_trial(
+            &self.store,
+            &self.state_file,
+            &mut self.state,
+            &self.trust,
+            staged,
+            clock::now_ms(),
+            timeout_ms,
+        )?;
+        tracing::info!(sha256 = %pending.sha256, "new model is current; awaiting the agent's verdict");
+        self.refresh_status(Some(Phase::Trial));
+        self.await_verdict().await
+    }
+
+    fn mark_bad(&mut self, model: &ModelRef, reason: &str) {
+        self.state.bad.insert(
+            model.sha256.clone(),
+            crate::state::BadVersion {
+                model: model.model.clone(),
+                model_version: model.model_version,
+                reason: reason.to_owned(),
+                at_ms: clock::now_ms(),
+            },
+        );
+        if let Err(error) = self.state_file.save(&self.state) {
+            tracing::error!(%error, "cannot record a bad version");
+        }
+    }
+
+    /// Waits for the agent's verdict on the bundle on trial, then commits or reverts.
+    async fn await_verdict(&mut self) -> Result<Outcome, UpdateError> {
+        let path = self.config.trial.health_file.clone();
+        let max_attempts = self.config.trial.max_attempts;
+        let mut last_read_error = None;
+        loop {
+            let Some(trial) = &self.state.trial else {
+                return Ok(Outcome::UpToDate);
+            };
+            let report = match defect_models::health::read(&path) {
+                Ok(report) => report,
+                Err(error) => {
+                    let text = error.to_string();
+                    if last_read_error.as_ref() != Some(&text) {
+                        tracing::warn!(error = %text, "cannot read the agent's model health report");
+                        last_read_error = Some(text);
+                    }
+                    None
+                }
+            };
+            match trial::judge(trial, report.as_ref(), clock::now_ms(), max_attempts) {
+                Verdict::Pending => tokio::time::sleep(Duration::from_millis(200)).await,
+                Verdict::Healthy => {
+                    let committed =
+                        install::commit(&self.store, &self.state_file, &mut self.state)?;
+                    return Ok(committed.map_or(Outcome::UpToDate, Outcome::Installed));
+                }
+                Verdict::Failed(reason) => {
+                    let reverted = install::revert(
+                        &self.store,
+                        &self.state_file,
+                        &mut self.state,
+                        &reason,
+                        clock::now_ms(),
+                    )?;
+                    return Ok(match reverted {
+                        Some(candidate) => Outcome::Reverted { candidate, reason },
+                        None => Outcome::UpToDate,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Removes partial downloads of other targets (a newer release superseded them).
+fn remove_other_downloads(keep: &std::path::Path) {
+    let Some(dir) = keep.parent() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        if entry.path() != keep {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The configured repository as a [`Source`].
+pub fn configured_source(config: &Config) -> Result<Source, CheckError> {
+    Source::new(
+        &config.repository.metadata_url,
+        &config.repository.targets_url,
+        config.repository.trusted_root.clone(),
+    )
+}
+
+/// Runs the daemon until `shutdown` resolves: a cycle now, then one per interval (with jitter)
+/// or whenever an update is announced.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), UpdateError> {
+    let source = configured_source(&config)?;
+    let mut updater = Updater::open(config)?;
+    let announce = Arc::new(Notify::new());
+    let link =
+        updater.config().mqtt.as_ref().map(|mqtt| {
+            crate::mqtt::Link::start(mqtt, updater.board().subscribe(), announce.clone())
+        });
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = updater.cycle(&source) => {}
+            () = &mut shutdown => break,
+        }
+        let poll = &updater.config().poll;
+        let jitter = rand::rng().random_range(0..=poll.jitter_s.saturating_mul(1000));
+        let wait = Duration::from_secs(poll.interval_s) + Duration::from_millis(jitter);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = announce.notified() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("stopping");
+    let board = updater.board();
+    board.update(|s| s.state = Phase::Stopped);
+    if let Some(link) = link {
+        link.close(&board.get()).await;
+    }
+    Ok(())
+}

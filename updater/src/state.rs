@@ -1,0 +1,177 @@
+//! The updater's own crash-safe state: the bundle on trial and the versions marked bad.
+//!
+//! This module owns `<state_dir>/updater-state.json`. It is written ahead of every pointer
+//! switch (write-ahead), so a restart after `kill -9` or a power cut at any instant knows whether
+//! a trial was being started, was running, or was being reverted, and finishes the job. The
+//! bad list is never pruned: a version that failed on this box is never installed again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A model version, as status and state name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Model name.
+    pub model: String,
+    /// Integer model version.
+    pub model_version: u64,
+    /// Human-readable version.
+    pub version: String,
+    /// Bundle SHA-256.
+    pub sha256: String,
+}
+
+/// Where a trial stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "phase")]
+pub enum TrialPhase {
+    /// The bundle is being made `current` (or is, and the agent's verdict is awaited).
+    Running,
+    /// The bundle failed; the old pointers are being restored.
+    Reverting {
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+/// A bundle on trial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trial {
+    /// The bundle on trial.
+    pub candidate: ModelRef,
+    /// What `current` named before (restored on revert).
+    pub restore_current: Option<String>,
+    /// What `previous` named before (restored on revert).
+    pub restore_previous: Option<String>,
+    /// When the trial started (Unix ms).
+    pub started_ms: u64,
+    /// When the trial fails without a verdict (Unix ms).
+    pub deadline_ms: u64,
+    /// Where it stands.
+    #[serde(flatten)]
+    pub phase: TrialPhase,
+}
+
+/// A version that failed on this box.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BadVersion {
+    /// Model name.
+    pub model: String,
+    /// Integer model version.
+    pub model_version: u64,
+    /// Why it was marked bad.
+    pub reason: String,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// The persisted state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdaterState {
+    /// Format version.
+    pub v: u32,
+    /// The bundle on trial, if any.
+    #[serde(default)]
+    pub trial: Option<Trial>,
+    /// Versions never to install again, by bundle SHA-256.
+    #[serde(default)]
+    pub bad: BTreeMap<String, BadVersion>,
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file could not be written.
+    #[error("updater state {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The state file.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    path: PathBuf,
+}
+
+impl StateFile {
+    /// The state file in `state_dir`.
+    pub fn new(state_dir: &Path) -> StateFile {
+        StateFile {
+            path: state_dir.join("updater-state.json"),
+        }
+    }
+
+    /// Reads the state. A missing file is the empty state; a damaged one is reported (the
+    /// returned text) and replaced by the empty state.
+    pub fn load(&self) -> (UpdaterState, Option<String>) {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(state) => (state, None),
+                Err(e) => (
+                    UpdaterState::default(),
+                    Some(format!("{}: {e}", self.path.display())),
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (UpdaterState::default(), None),
+            Err(e) => (
+                UpdaterState::default(),
+                Some(format!("{}: {e}", self.path.display())),
+            ),
+        }
+    }
+
+    /// Persists the state atomically and durably.
+    pub fn save(&self, state: &UpdaterState) -> Result<(), StateError> {
+        let mut state = state.clone();
+        state.v = 1;
+        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| StateError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        defect_models::atomic::write(&self.path, &bytes).map_err(|source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_round_trips_and_a_torn_file_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = StateFile::new(dir.path());
+        assert_eq!(file.load(), (UpdaterState::default(), None));
+        let state = UpdaterState {
+            v: 1,
+            trial: Some(Trial {
+                candidate: ModelRef {
+                    model: "m".into(),
+                    model_version: 2,
+                    version: "2.0".into(),
+                    sha256: "ab".into(),
+                },
+                restore_current: Some("cd".into()),
+                restore_previous: None,
+                started_ms: 1,
+                deadline_ms: 2,
+                phase: TrialPhase::Reverting {
+                    reason: "refused".into(),
+                },
+            }),
+            bad: BTreeMap::new(),
+        };
+        file.save(&state).expect("save");
+        assert_eq!(file.load(), (state, None));
+        std::fs::write(dir.path().join("updater-state.json"), b"{\"tri").expect("tear");
+        assert!(file.load().1.is_some());
+    }
+}
