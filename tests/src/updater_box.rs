@@ -273,6 +273,16 @@ impl OwnRepo {
         OwnRepo { dir, repo, keys }
     }
 
+    /// A publisher working on an existing repository and keys folder (for example an
+    /// attacker's copy made with stolen keys).
+    pub fn from_folders(repo: PathBuf, keys: PathBuf) -> OwnRepo {
+        OwnRepo {
+            dir: tempfile::tempdir().expect("tempdir"),
+            repo,
+            keys,
+        }
+    }
+
     /// The folder holding the repository and keys.
     pub fn path(&self) -> &Path {
         self.dir.path()
@@ -350,5 +360,69 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).expect("copy");
         }
+    }
+}
+
+/// A whole box: a broker, the real agent serving from the box's model store and writing its
+/// model health report, a subscriber on the agent's retained `model` topic, and the updater.
+pub struct EdgeLine {
+    /// The broker.
+    pub broker: crate::broker::Mosquitto,
+    /// The agent.
+    pub agent: crate::agent_process::AgentProcess,
+    /// A subscriber to everything the agent publishes.
+    pub plc: crate::subscriber::Subscriber,
+    /// The updater side.
+    pub edge: UpdaterBox,
+}
+
+impl EdgeLine {
+    /// Starts broker and agent for a new box; returns once the agent serves model_version 1.
+    pub fn start(settings: &BoxSettings) -> EdgeLine {
+        let broker = crate::broker::Mosquitto::start();
+        let edge = UpdaterBox::new(settings);
+        let mut agent_settings = crate::agent_process::AgentSettings::new(broker.port);
+        agent_settings.model_store = Some(edge.store_dir.clone());
+        agent_settings.model_health_file = Some(edge.health_file.clone());
+        let plc = crate::subscriber::Subscriber::start(
+            broker.port,
+            &format!("{}/#", agent_settings.prefix),
+            crate::subscriber::Version::V5,
+        );
+        let agent = crate::agent_process::AgentProcess::start(agent_settings);
+        let line = EdgeLine {
+            broker,
+            agent,
+            plc,
+            edge,
+        };
+        line.wait_for_served_version(1);
+        line
+    }
+
+    /// The model_version the agent last announced on its retained `model` topic.
+    pub fn served_version(&self) -> Option<u64> {
+        self.plc
+            .messages()
+            .iter()
+            .rev()
+            .find(|m| m.topic.ends_with("/model"))
+            .and_then(|m| m.json()["mv"].as_u64())
+    }
+
+    /// Waits until the agent announces `version` (panics with its log after a minute).
+    pub fn wait_for_served_version(&self, version: u64) {
+        let served = |m: &[crate::subscriber::Received]| {
+            m.iter()
+                .rev()
+                .find(|m| m.topic.ends_with("/model"))
+                .is_some_and(|m| m.json()["mv"] == version)
+        };
+        assert!(
+            self.plc
+                .wait_until(std::time::Duration::from_secs(60), served),
+            "agent never served model_version {version}; log:\n{}",
+            self.agent.log()
+        );
     }
 }

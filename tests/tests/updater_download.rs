@@ -169,6 +169,32 @@ fn plain_download_of_the_shipped_bundle_is_complete_and_verified() {
 }
 
 #[test]
+fn a_complete_partial_is_verified_without_any_request() {
+    let setup = Setup::new(generated(MIB, 18));
+    fs::write(&setup.partial, &setup.content).expect("write a complete partial");
+
+    setup.download(&fast_policy()).expect("verify");
+
+    setup.assert_complete();
+    assert!(setup.server.requests().is_empty(), "nothing was fetched");
+}
+
+#[test]
+fn a_partial_longer_than_the_signed_length_is_discarded_and_fetched_again() {
+    let setup = Setup::new(generated(MIB, 19));
+    let mut too_long = setup.content.clone();
+    too_long.extend_from_slice(b"left over from another version");
+    fs::write(&setup.partial, &too_long).expect("write a too long partial");
+
+    setup.download(&fast_policy()).expect("download");
+
+    setup.assert_complete();
+    let log = setup.settled_log(1);
+    assert_eq!(log.len(), 1, "{log:#?}");
+    assert_eq!((log[0].range.as_deref(), log[0].status), (None, 200));
+}
+
+#[test]
 fn a_reset_mid_body_is_resumed_with_a_range_request_and_completes() {
     let setup = Setup::new(generated(4 * MIB, 1));
     setup

@@ -2,69 +2,16 @@
 //! HTTP; the real `model-updater` verifies, downloads, installs and tries each version; the real
 //! `defect-agent` validates it and reports its verdict; the updater commits or reverts.
 
-use std::time::Duration;
-
-use defect_e2e::agent_process::{AgentProcess, AgentSettings};
-use defect_e2e::broker::Mosquitto;
 use defect_e2e::bundles;
 use defect_e2e::repo_server::RepoServer;
-use defect_e2e::subscriber::{Received, Subscriber, Version};
-use defect_e2e::updater_box::{BoxSettings, OwnRepo, UpdaterBox, copy_dir, describe};
-
-const WAIT: Duration = Duration::from_secs(60);
-
-/// A box with its agent serving from the box's model store.
-struct Line {
-    _broker: Mosquitto,
-    agent: AgentProcess,
-    plc: Subscriber,
-    edge: UpdaterBox,
-}
-
-impl Line {
-    fn start(settings: &BoxSettings) -> Line {
-        let broker = Mosquitto::start();
-        let edge = UpdaterBox::new(settings);
-        let mut agent_settings = AgentSettings::new(broker.port);
-        agent_settings.model_store = Some(edge.store_dir.clone());
-        agent_settings.model_health_file = Some(edge.health_file.clone());
-        let plc = Subscriber::start(
-            broker.port,
-            &format!("{}/model", agent_settings.prefix),
-            Version::V5,
-        );
-        let agent = AgentProcess::start(agent_settings);
-        let line = Line {
-            _broker: broker,
-            agent,
-            plc,
-            edge,
-        };
-        line.wait_for_served_version(1);
-        line
-    }
-
-    fn wait_for_served_version(&self, version: u64) {
-        let served = |m: &[Received]| {
-            m.iter()
-                .rev()
-                .find(|m| m.topic.ends_with("/model"))
-                .is_some_and(|m| m.json()["mv"] == version)
-        };
-        assert!(
-            self.plc.wait_until(WAIT, served),
-            "agent never served model_version {version}; log:\n{}",
-            self.agent.log()
-        );
-    }
-}
+use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo, copy_dir, describe};
 
 #[test]
 fn a_published_model_is_verified_downloaded_tried_by_the_agent_and_committed() {
     let repo = OwnRepo::init();
     let sha = repo.add(&bundles::with_model_version(2), &["--lines", "line3"]);
     let server = RepoServer::start(&repo.repo);
-    let line = Line::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
+    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
 
     let output = line.edge.check();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
@@ -97,7 +44,7 @@ fn a_bundle_the_agent_refuses_is_reverted_marked_bad_and_never_retried() {
     let repo = OwnRepo::init();
     let bad_sha = repo.add(&bundles::failing_gate(2), &[]);
     let server = RepoServer::start(&repo.repo);
-    let line = Line::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
+    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
     let (factory_sha, _) = line.edge.current();
 
     let output = line.edge.check();
@@ -153,7 +100,7 @@ fn a_repository_copied_to_a_usb_stick_installs_with_the_same_verification() {
     bytes[last] ^= 0x55;
     std::fs::write(&target, bytes).expect("tamper");
 
-    let line = Line::start(&BoxSettings::new("http://127.0.0.1:9/", &repo.first_root()));
+    let line = EdgeLine::start(&BoxSettings::new("http://127.0.0.1:9/", &repo.first_root()));
     let (factory_sha, _) = line.edge.current();
 
     let output = line.edge.install_from(tampered.path());

@@ -408,6 +408,8 @@ pub fn add_target(
     let layout = RepoLayout::new(repo);
     let state = RepoState::load(&layout)?;
     let targets_version = state.targets.signed.version.get();
+    // The highest published model_version of the same model, and the target holding it.
+    let mut newest: Option<(u64, String)> = None;
     for (existing, target) in &state.targets.signed.targets {
         if existing.raw() == name {
             return Err(PublishError::TargetExists {
@@ -424,14 +426,22 @@ pub fn add_target(
             continue;
         }
         let published = TargetCustom::from_custom(existing.raw(), &target.custom)?;
-        if custom.model_version <= published.model_version {
-            return Err(PublishError::NotNewer {
-                model: custom.model,
-                model_version: custom.model_version,
-                published: published.model_version,
-                target: existing.raw().to_owned(),
-            });
+        if newest
+            .as_ref()
+            .is_none_or(|(version, _)| published.model_version > *version)
+        {
+            newest = Some((published.model_version, existing.raw().to_owned()));
         }
+    }
+    if let Some((published, target)) = newest
+        && custom.model_version <= published
+    {
+        return Err(PublishError::NotNewer {
+            model: custom.model,
+            model_version: custom.model_version,
+            published,
+            target,
+        });
     }
 
     let ring = KeyRing::load(keys)?;
