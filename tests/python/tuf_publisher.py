@@ -32,6 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
+from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import (
     MetaFile,
     Metadata,
@@ -41,7 +42,7 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
+from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 DAY = 24 * 3600
@@ -77,7 +78,7 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_metadata(md: Metadata, path: Path) -> MetaFile:
-    """Writes signed metadata (pretty JSON) and returns its MetaFile entry with length and sha256."""
+    """Writes signed metadata (pretty JSON); returns its MetaFile entry with length and sha256."""
     data = md.to_bytes(JSONSerializer(compact=False))
     atomic_write(path, data)
     return MetaFile(
@@ -255,7 +256,8 @@ def publish_chain(
     timestamp.version += 1
     timestamp.expires = expires_in(timestamp_expiry)
     timestamp.snapshot_meta = snapshot_meta
-    write_metadata(sign(Metadata(timestamp), signers_for(root, "timestamp", ring)), layout.timestamp())
+    timestamp_md = sign(Metadata(timestamp), signers_for(root, "timestamp", ring))
+    write_metadata(timestamp_md, layout.timestamp())
     return {
         "root": root.version,
         "targets": (targets or state.targets.signed).version,
@@ -292,11 +294,19 @@ def cmd_init(args: argparse.Namespace) -> dict:
     layout.metadata.mkdir(parents=True, exist_ok=True)
     layout.targets.mkdir(parents=True, exist_ok=True)
     write_root(layout, sign(Metadata(root), by_role["root"]))
-    targets_md = sign(Metadata(Targets(expires=expires_in(DEFAULT_EXPIRY["targets"]))), by_role["targets"])
-    targets_meta = write_metadata(targets_md, layout.targets_file(1))
-    snapshot = Snapshot(expires=expires_in(DEFAULT_EXPIRY["snapshot"]), meta={"targets.json": targets_meta})
-    snapshot_meta = write_metadata(sign(Metadata(snapshot), by_role["snapshot"]), layout.snapshot(1))
-    timestamp = Timestamp(expires=expires_in(DEFAULT_EXPIRY["timestamp"]), snapshot_meta=snapshot_meta)
+    targets = Targets(expires=expires_in(DEFAULT_EXPIRY["targets"]))
+    targets_meta = write_metadata(
+        sign(Metadata(targets), by_role["targets"]), layout.targets_file(1)
+    )
+    snapshot = Snapshot(
+        expires=expires_in(DEFAULT_EXPIRY["snapshot"]), meta={"targets.json": targets_meta}
+    )
+    snapshot_meta = write_metadata(
+        sign(Metadata(snapshot), by_role["snapshot"]), layout.snapshot(1)
+    )
+    timestamp = Timestamp(
+        expires=expires_in(DEFAULT_EXPIRY["timestamp"]), snapshot_meta=snapshot_meta
+    )
     write_metadata(sign(Metadata(timestamp), by_role["timestamp"]), layout.timestamp())
     return {"key_ids": role_key_ids(root), "versions": {role: 1 for role in ROLES}}
 
@@ -426,6 +436,74 @@ def cmd_set_targets_custom(args: argparse.Namespace) -> dict:
     return {"target": args.target, "custom": custom, "versions": versions}
 
 
+def verify_signed(delegator, role: str, md: Metadata, path: Path) -> None:
+    try:
+        payload = CanonicalJSONSerializer().serialize(md.signed)
+        delegator.verify_delegate(role, payload, md.signatures)
+    except Exception as e:  # noqa: BLE001
+        raise PublishError(f"{path}: {role} signatures do not verify: {e}") from e
+
+
+def verify_file(meta, data: bytes, path: Path) -> None:
+    try:
+        meta.verify_length_and_hashes(data)
+    except Exception as e:  # noqa: BLE001
+        raise PublishError(f"{path}: length or hash does not match: {e}") from e
+
+
+def cmd_verify(args: argparse.Namespace) -> dict:
+    """Checks a repository (e.g. one `model-updater repo` wrote) the way a TUF client does,
+    without expiry: every root from 1.root.json on signed by the previous and its own
+    threshold, then timestamp, snapshot and targets with lengths, hashes and signatures."""
+    layout = Layout(args.repo)
+    root_md = load(layout.root(1), "root")
+    verify_signed(root_md.signed, "root", root_md, layout.root(1))
+    version = 1
+    while layout.root(version + 1).exists():
+        path = layout.root(version + 1)
+        new = load(path, "root")
+        if new.signed.version != version + 1:
+            raise PublishError(f"{path}: holds root version {new.signed.version}")
+        verify_signed(root_md.signed, "root", new, path)
+        verify_signed(new.signed, "root", new, path)
+        root_md, version = new, version + 1
+    root = root_md.signed
+    for keyid, key in root.keys.items():
+        canonical = encode_canonical(
+            {"keytype": key.keytype, "scheme": key.scheme, "keyval": key.keyval}
+        )
+        if keyid != hashlib.sha256(canonical.encode()).hexdigest():
+            raise PublishError(f"root version {version}: key id {keyid} is not the key's sha256")
+    timestamp = load(layout.timestamp(), "timestamp")
+    verify_signed(root, "timestamp", timestamp, layout.timestamp())
+    snapshot_meta = timestamp.signed.snapshot_meta
+    snapshot_path = layout.snapshot(snapshot_meta.version)
+    data = snapshot_path.read_bytes()
+    verify_file(snapshot_meta, data, snapshot_path)
+    snapshot = Metadata.from_bytes(data)
+    verify_signed(root, "snapshot", snapshot, snapshot_path)
+    targets_meta = snapshot.signed.meta["targets.json"]
+    targets_path = layout.targets_file(targets_meta.version)
+    data = targets_path.read_bytes()
+    verify_file(targets_meta, data, targets_path)
+    targets = Metadata.from_bytes(data)
+    verify_signed(root, "targets", targets, targets_path)
+    for name, target in targets.signed.targets.items():
+        target_path = layout.targets / f"{target.hashes['sha256']}.{name}"
+        verify_file(target, target_path.read_bytes(), target_path)
+    return {
+        "key_ids": role_key_ids(root),
+        "versions": {
+            "root": version,
+            "timestamp": timestamp.signed.version,
+            "snapshot": snapshot.signed.version,
+            "targets": targets.signed.version,
+        },
+        "targets": {name: target.custom for name, target in targets.signed.targets.items()},
+        "spec_version": root.spec_version,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line
 
@@ -472,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds until expiry (86400); negative writes an already expired timestamp",
     )
     p.add_argument(
-        "--version", type=int, help="timestamp version to write (default current + 1; lower = rollback)"
+        "--version",
+        type=int,
+        help="timestamp version to write (default: current + 1; lower = rollback attack)",
     )
     p.set_defaults(func=cmd_resign_timestamp)
 
@@ -507,6 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--field", required=True, help="custom field, e.g. model_version")
     p.add_argument("--value", required=True, help="new value, parsed as JSON if it is JSON")
     p.set_defaults(func=cmd_set_targets_custom)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a repository (e.g. one model-updater wrote) as a TUF client would, expiry "
+        "aside; prints versions, key ids and target custom fields",
+    )
+    p.add_argument("--repo", type=Path, required=True, help="repository folder")
+    p.set_defaults(func=cmd_verify)
 
     args = parser.parse_args(argv)
     try:

@@ -30,6 +30,8 @@ pub struct BoxSettings {
     pub stations: Vec<String>,
     /// Seconds the agent has to report a new bundle serving.
     pub trial_timeout_s: u64,
+    /// Download bandwidth cap in bytes per second (0: none).
+    pub max_bytes_per_second: u64,
     /// Extra TOML appended to the config (whole sections).
     pub extra: String,
 }
@@ -45,6 +47,7 @@ impl BoxSettings {
             line: Some("line3".into()),
             stations: vec!["cam1".into()],
             trial_timeout_s: 60,
+            max_bytes_per_second: 0,
             extra: String::new(),
         }
     }
@@ -115,6 +118,7 @@ backoff_initial_ms = 50
 backoff_max_ms = 400
 stall_timeout_s = 5
 free_space_margin_bytes = 0
+max_bytes_per_second = {rate}
 
 [trial]
 health_file = {health:?}
@@ -128,6 +132,7 @@ max_attempts = 3
             store = store_dir.display().to_string(),
             health = health_file.display().to_string(),
             timeout = settings.trial_timeout_s,
+            rate = settings.max_bytes_per_second,
             extra = settings.extra,
         );
         std::fs::write(&config, text).expect("config");

@@ -1,14 +1,16 @@
 //! Interop: repositories published by python-tuf 7 (an independent TUF implementation, see
 //! `tests/python/tuf_publisher.py`) load in tough 0.24 as the box loads them, with the target
-//! custom fields and key ids intact; and the publisher's attack helpers produce what tough
-//! must refuse.
+//! custom fields and key ids intact; the publisher's attack helpers produce what tough must
+//! refuse; and python-tuf verifies what our own publisher writes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use defect_e2e::python_tuf::{publisher, publisher_json};
 use defect_e2e::shipped_bundle;
-use model_updater::publish::{LoadedRepo, load_with_tough};
+use model_updater::publish::{
+    self, Expiries, InitOptions, KeyRole, LoadedRepo, TargetOptions, load_with_tough,
+};
 use serde_json::{Value, json};
 
 struct PyRepo {
@@ -163,4 +165,61 @@ async fn python_tuf_root_rotation_loads_and_its_attack_helpers_are_refused_by_to
             .contains("Signature threshold of 2 not met for role root"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn python_tuf_verifies_a_repository_our_publisher_wrote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    publish::init(&repo, &keys, &InitOptions::default()).expect("init");
+    publish::add_target(
+        &repo,
+        &keys,
+        &shipped_bundle(),
+        &TargetOptions {
+            stations: vec!["st-1".into()],
+            ..TargetOptions::default()
+        },
+    )
+    .expect("add target");
+    let revoke = keys.join("root-2.pk8");
+    publish::rotate_key(
+        &repo,
+        &keys,
+        KeyRole::Root.into(),
+        Some(path_str(&revoke)),
+        &Expiries::default(),
+    )
+    .expect("rotate root key");
+    publish::rotate_key(
+        &repo,
+        &keys,
+        KeyRole::Targets.into(),
+        None,
+        &Expiries::default(),
+    )
+    .expect("rotate targets key");
+
+    let verified = publisher_json(&["verify", "--repo", path_str(&repo)]);
+    assert_eq!(verified["spec_version"], json!("1.0.31"));
+    assert_eq!(
+        verified["versions"],
+        json!({"root": 3, "targets": 3, "snapshot": 3, "timestamp": 3})
+    );
+    assert_eq!(
+        verified["targets"]["surface-classifier-1.dmb"],
+        json!({
+            "model": "surface-classifier",
+            "model_version": 1,
+            "version": "1.0.0",
+            "stations": ["st-1"],
+            "lines": [],
+        })
+    );
+    let root = fs::read(repo.join("metadata/1.root.json")).expect("1.root.json");
+    let loaded = load_with_tough(&root, &repo)
+        .await
+        .expect("tough loads it too");
+    assert_eq!(loaded.role_key_ids, key_ids(&verified["key_ids"]));
 }

@@ -230,9 +230,13 @@ impl Updater {
     }
 
     async fn cycle_inner(&mut self, source: &Source) -> Result<Outcome, UpdateError> {
-        if self.state.trial.is_some() {
-            return self.await_verdict().await;
-        }
+        // A trial a restart interrupted is finished first; the check then goes on, so one cycle
+        // always ends at the newest version this box should run.
+        let resumed = if self.state.trial.is_some() {
+            Some(self.await_verdict().await?)
+        } else {
+            None
+        };
         self.refresh_status(Some(Phase::Checking));
         let (current, evidence) = install::survey(&self.store);
         let verified = verify::check(source, &self.trust, &evidence, self.client.clone()).await?;
@@ -266,7 +270,7 @@ impl Updater {
             tracing::warn!(refused, "release refused");
         }
         let Some(release) = choice.install else {
-            return Ok(Outcome::UpToDate);
+            return Ok(resumed.unwrap_or(Outcome::UpToDate));
         };
         self.install(release).await
     }

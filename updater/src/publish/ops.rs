@@ -465,16 +465,15 @@ pub fn add_target(
     targets.targets.insert(target_name, target);
 
     let mut plan = Plan::new();
-    let versions = plan_chain(
-        &mut plan,
-        &layout,
-        &state,
-        &state.root.signed,
-        &ring,
-        &[],
-        Some(targets),
-        &options.expiries,
-    )?;
+    let chain = Chain {
+        layout: &layout,
+        state: &state,
+        root: &state.root.signed,
+        ring: &ring,
+        extra: &[],
+        expiries: &options.expiries,
+    };
+    let versions = chain.plan(&mut plan, Start::NewTargets(Box::new(targets)))?;
 
     let file = layout.target_file(&sha256, &name);
     store_target(&file, bundle.bytes(), &sha256)?;
@@ -510,112 +509,103 @@ fn store_target(file: &Path, bytes: &[u8], sha256: &str) -> Result<(), PublishEr
     }
 }
 
-/// Builds the re-signed chain below a changed role into `plan`.
-///
-/// `new_targets` (its version is bumped here) re-signs targets, snapshot and timestamp;
-/// otherwise `from` says where the chain starts: [`RoleType::Targets`] re-signs the current
-/// targets content as a new version, [`RoleType::Snapshot`] starts at the snapshot,
-/// [`RoleType::Timestamp`] writes only a timestamp. Keys come from `ring` and `extra`, for the
-/// roles as `root` (the root that will be current) lists them.
-#[allow(clippy::too_many_arguments)]
-fn plan_chain_from(
-    plan: &mut Plan,
-    layout: &RepoLayout,
-    state: &RepoState,
-    root: &Root,
-    ring: &KeyRing,
-    extra: &[&SigningKey],
-    from: RoleType,
-    new_targets: Option<Targets>,
-    expiries: &Expiries,
-) -> Result<Versions, PublishError> {
-    let from = if new_targets.is_some() {
-        RoleType::Targets
-    } else {
-        from
-    };
-    let prefer: Vec<&str> = extra.iter().map(|k| k.key_id()).collect();
-    let signers = |role: RoleType| ring.signers_for(root, role, extra, &prefer, &[]);
-    // Every key needed is found before anything is signed.
-    let targets_signers = match from {
-        RoleType::Targets => signers(RoleType::Targets)?,
-        _ => Vec::new(),
-    };
-    let snapshot_signers = match from {
-        RoleType::Targets | RoleType::Snapshot => signers(RoleType::Snapshot)?,
-        _ => Vec::new(),
-    };
-    let timestamp_signers = signers(RoleType::Timestamp)?;
-
-    let mut versions = Versions {
-        root: root.version.get(),
-        targets: state.targets.signed.version.get(),
-        snapshot: state.snapshot.signed.version.get(),
-        timestamp: state.timestamp.signed.version.get(),
-    };
-    let mut targets_info = None;
-    if from == RoleType::Targets {
-        let mut targets = new_targets.unwrap_or_else(|| state.targets.signed.clone());
-        targets.version = next_version(state.targets.signed.version, RoleType::Targets)?;
-        targets.expires = expires_after(expiries.targets)?;
-        let version = targets.version;
-        let signed = sign_metadata(targets, &targets_signers)?;
-        let info = plan_signed(plan, layout.targets_file(version.get()), &signed)?;
-        versions.targets = version.get();
-        targets_info = Some((version, info));
-    }
-    let snapshot_meta = if matches!(from, RoleType::Targets | RoleType::Snapshot) {
-        let mut snapshot = state.snapshot.signed.clone();
-        snapshot.version = next_version(snapshot.version, RoleType::Snapshot)?;
-        snapshot.expires = expires_after(expiries.snapshot)?;
-        if let Some((version, info)) = targets_info {
-            snapshot
-                .meta
-                .insert("targets.json".into(), info.metafile(version)?);
-        }
-        let version = snapshot.version;
-        let signed = sign_metadata(snapshot, &snapshot_signers)?;
-        let info = plan_signed(plan, layout.snapshot_file(version.get()), &signed)?;
-        versions.snapshot = version.get();
-        (version, info)
-    } else {
-        current_snapshot_meta(layout, &state.timestamp.signed)?
-    };
-    let mut timestamp = state.timestamp.signed.clone();
-    timestamp.version = next_version(timestamp.version, RoleType::Timestamp)?;
-    timestamp.expires = expires_after(expiries.timestamp)?;
-    timestamp.meta = HashMap::from([(
-        "snapshot.json".to_owned(),
-        snapshot_meta.1.metafile(snapshot_meta.0)?,
-    )]);
-    versions.timestamp = timestamp.version.get();
-    let signed = sign_metadata(timestamp, &timestamp_signers)?;
-    plan_signed(plan, layout.timestamp_file(), &signed)?;
-    Ok(versions)
+/// Where a re-signed chain starts.
+enum Start {
+    /// New targets content (its version and expiry are set here): targets, snapshot, timestamp.
+    NewTargets(Box<Targets>),
+    /// The current content of this role as a new version, and every role below it:
+    /// [`RoleType::Targets`], [`RoleType::Snapshot`] or [`RoleType::Timestamp`].
+    Resign(RoleType),
 }
 
-#[allow(clippy::too_many_arguments)]
-fn plan_chain(
-    plan: &mut Plan,
-    layout: &RepoLayout,
-    state: &RepoState,
-    root: &Root,
-    ring: &KeyRing,
-    extra: &[&SigningKey],
-    new_targets: Option<Targets>,
-    expiries: &Expiries,
-) -> Result<Versions, PublishError> {
-    plan_chain_from(
-        plan,
-        layout,
-        state,
-        root,
-        ring,
-        extra,
-        RoleType::Targets,
-        new_targets,
-        expiries,
-    )
+/// What re-signing the roles below a changed one needs.
+struct Chain<'a> {
+    layout: &'a RepoLayout,
+    /// The current metadata, on top of which new versions are made.
+    state: &'a RepoState,
+    /// The root that will be current once the plan is written (it lists the signing keys).
+    root: &'a Root,
+    ring: &'a KeyRing,
+    /// Keys not in the ring yet (a key being rotated in); preferred when the root lists them.
+    extra: &'a [&'a SigningKey],
+    expiries: &'a Expiries,
+}
+
+impl Chain<'_> {
+    /// Builds the new targets (if any), snapshot and timestamp versions into `plan`, after
+    /// finding every key needed; returns the versions once the plan is written.
+    fn plan(&self, plan: &mut Plan, start: Start) -> Result<Versions, PublishError> {
+        let state = self.state;
+        let (from, new_targets) = match start {
+            Start::NewTargets(targets) => (RoleType::Targets, Some(*targets)),
+            Start::Resign(role) => (role, None),
+        };
+        let resign_targets = from == RoleType::Targets;
+        let resign_snapshot = matches!(from, RoleType::Targets | RoleType::Snapshot);
+        let prefer: Vec<&str> = self.extra.iter().map(|k| k.key_id()).collect();
+        let signers = |role: RoleType| {
+            self.ring
+                .signers_for(self.root, role, self.extra, &prefer, &[])
+        };
+        // Every key needed is found before anything is signed.
+        let targets_signers = if resign_targets {
+            signers(RoleType::Targets)?
+        } else {
+            Vec::new()
+        };
+        let snapshot_signers = if resign_snapshot {
+            signers(RoleType::Snapshot)?
+        } else {
+            Vec::new()
+        };
+        let timestamp_signers = signers(RoleType::Timestamp)?;
+
+        let mut versions = Versions {
+            root: self.root.version.get(),
+            targets: state.targets.signed.version.get(),
+            snapshot: state.snapshot.signed.version.get(),
+            timestamp: state.timestamp.signed.version.get(),
+        };
+        let mut targets_info = None;
+        if resign_targets {
+            let mut targets = new_targets.unwrap_or_else(|| state.targets.signed.clone());
+            targets.version = next_version(state.targets.signed.version, RoleType::Targets)?;
+            targets.expires = expires_after(self.expiries.targets)?;
+            let version = targets.version;
+            let signed = sign_metadata(targets, &targets_signers)?;
+            let info = plan_signed(plan, self.layout.targets_file(version.get()), &signed)?;
+            versions.targets = version.get();
+            targets_info = Some((version, info));
+        }
+        let (snapshot_version, snapshot_info) = if resign_snapshot {
+            let mut snapshot = state.snapshot.signed.clone();
+            snapshot.version = next_version(snapshot.version, RoleType::Snapshot)?;
+            snapshot.expires = expires_after(self.expiries.snapshot)?;
+            if let Some((version, info)) = targets_info {
+                snapshot
+                    .meta
+                    .insert("targets.json".into(), info.metafile(version)?);
+            }
+            let version = snapshot.version;
+            let signed = sign_metadata(snapshot, &snapshot_signers)?;
+            let info = plan_signed(plan, self.layout.snapshot_file(version.get()), &signed)?;
+            versions.snapshot = version.get();
+            (version, info)
+        } else {
+            current_snapshot_meta(self.layout, &state.timestamp.signed)?
+        };
+        let mut timestamp = state.timestamp.signed.clone();
+        timestamp.version = next_version(timestamp.version, RoleType::Timestamp)?;
+        timestamp.expires = expires_after(self.expiries.timestamp)?;
+        timestamp.meta = HashMap::from([(
+            "snapshot.json".to_owned(),
+            snapshot_info.metafile(snapshot_version)?,
+        )]);
+        versions.timestamp = timestamp.version.get();
+        let signed = sign_metadata(timestamp, &timestamp_signers)?;
+        plan_signed(plan, self.layout.timestamp_file(), &signed)?;
+        Ok(versions)
+    }
 }
 
 /// The snapshot version a timestamp names, with the length and hash of that file as it is on
@@ -824,17 +814,15 @@ pub fn rotate_key(
             timestamp: state.timestamp.signed.version.get(),
         }
     } else {
-        plan_chain_from(
-            &mut plan,
-            &layout,
-            &state,
-            &signed_root.signed,
-            &ring,
-            &[new_key],
-            role,
-            None,
+        let chain = Chain {
+            layout: &layout,
+            state: &state,
+            root: &signed_root.signed,
+            ring: &ring,
+            extra: &[new_key],
             expiries,
-        )?
+        };
+        chain.plan(&mut plan, Start::Resign(role))?
     };
 
     let new_key_id = new_key.key_id().to_owned();
