@@ -9,6 +9,7 @@ pub mod agent_process;
 pub mod broker;
 pub mod bundles;
 pub mod crash_fixture;
+pub mod hot_swap;
 pub mod python_tuf;
 pub mod repo_server;
 pub mod subscriber;

@@ -76,7 +76,6 @@ fn ensure_venv() -> PathBuf {
     // Released when `lock` is dropped at the end of this function. `File::lock` is stable
     // since Rust 1.89; the workspace's declared rust-version (1.88) is older than the
     // toolchain it is built with, hence the allowance.
-    #[allow(clippy::incompatible_msrv)]
     lock.lock()
         .unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
     if !is_ready(&venv, &wanted) {

@@ -88,12 +88,12 @@ fn kill_9_of_the_updater_at_random_points_never_leaves_the_line_without_a_valid_
             .unwrap_or_else(|| "none".into());
         if exited.is_none() {
             let _ = child.kill();
-            let _ = child.wait();
             kills += 1;
             *phases.entry(format!("killed while {phase}")).or_default() += 1;
         } else {
             *phases.entry("finished".into()).or_default() += 1;
         }
+        let _ = child.wait();
 
         // `current` names a complete bundle whose bytes hash to its name.
         let store = line.edge.store();
