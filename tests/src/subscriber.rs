@@ -208,3 +208,22 @@ pub fn count_on(messages: &[Received], suffix: &str) -> usize {
     let end = format!("/{suffix}");
     messages.iter().filter(|m| m.topic.ends_with(&end)).count()
 }
+
+/// Publishes one QoS 1 message over MQTT 3.1.1 and returns once the broker acknowledged it.
+pub fn publish_once(port: u16, topic: &str, payload: &[u8]) {
+    let id = format!("test-publisher-{}", std::process::id());
+    let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .expect("queue publish");
+    for event in connection.iter() {
+        match event {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publish to {topic}: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}

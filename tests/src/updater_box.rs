@@ -146,6 +146,15 @@ max_attempts = 3
         }
     }
 
+    /// Appends whole sections to the config file (e.g. `[mqtt]` once the broker's port is
+    /// known).
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).expect("config");
+        config.push('\n');
+        config.push_str(text);
+        std::fs::write(&self.config, config).expect("config");
+    }
+
     /// The box's temporary folder.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -127,8 +127,10 @@ pub struct ExpiryArgs {
     /// Days until a targets version written expires.
     #[arg(long, default_value_t = 90)]
     pub targets_expires_days: u32,
-    /// Days until a snapshot version written expires.
-    #[arg(long, default_value_t = 7)]
+    /// Days until a snapshot version written expires. As long as targets by default: the
+    /// timestamp, re-signed by a server timer, is what proves the repository is fresh, and it
+    /// pins the snapshot version.
+    #[arg(long, default_value_t = 90)]
     pub snapshot_expires_days: u32,
     /// Hours until a timestamp version written expires.
     #[arg(long, default_value_t = 24)]

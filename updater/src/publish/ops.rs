@@ -40,12 +40,12 @@ pub struct Expiries {
 }
 
 impl Default for Expiries {
-    /// Root 365 days, targets 90 days, snapshot 7 days, timestamp 1 day.
+    /// Root 365 days, targets 90 days, snapshot 90 days, timestamp 1 day.
     fn default() -> Self {
         Self {
             root: SignedDuration::from_hours(365 * 24),
             targets: SignedDuration::from_hours(90 * 24),
-            snapshot: SignedDuration::from_hours(7 * 24),
+            snapshot: SignedDuration::from_hours(90 * 24),
             timestamp: SignedDuration::from_hours(24),
         }
     }
