@@ -36,8 +36,8 @@ pub struct FrameResult {
     pub model_version: u64,
     /// The agent's arrival-to-decision latency, ms.
     pub latency_ms: u64,
-    /// Whether the frame was sent while the update was running (from its start until the new
-    /// version was announced).
+    /// Whether the frame was sent in the swap window: from the start of the update until one
+    /// second after the agent announced the new version.
     pub during_swap: bool,
 }
 
@@ -125,6 +125,14 @@ pub fn run(plan: SwapPlan) -> SwapReport {
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let swap_time = started.elapsed();
+    // The swap window goes on for a second after the switch: the old model is released and
+    // the updater commits and collects garbage meanwhile.
+    let settled = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < settled {
+        send(true, &mut part);
+        next += plan.interval;
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
     for _ in 0..plan.frames_after {
         send(false, &mut part);
         next += plan.interval;

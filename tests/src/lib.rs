@@ -13,6 +13,7 @@ pub mod hot_swap;
 pub mod python_tuf;
 pub mod repo_server;
 pub mod subscriber;
+pub mod tmpfs;
 pub mod updater_box;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +31,15 @@ pub fn repo_root() -> PathBuf {
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
     // target/<profile>/deps/<test-binary>
-    let profile_dir = exe
+    let parent = exe
         .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+        .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
+    // Test and bench binaries live in target/<profile>/deps, plain binaries in target/<profile>.
+    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

@@ -34,6 +34,10 @@ pub struct BoxSettings {
     pub max_bytes_per_second: u64,
     /// Extra TOML appended to the config (whole sections).
     pub extra: String,
+    /// Where the updater's state folder goes (default: in the box's temporary folder).
+    pub state_dir: Option<PathBuf>,
+    /// Where the model store goes (default: in the box's temporary folder).
+    pub store_dir: Option<PathBuf>,
 }
 
 impl BoxSettings {
@@ -49,6 +53,8 @@ impl BoxSettings {
             trial_timeout_s: 60,
             max_bytes_per_second: 0,
             extra: String::new(),
+            state_dir: None,
+            store_dir: None,
         }
     }
 }
@@ -73,8 +79,14 @@ impl UpdaterBox {
     /// A box with the shipped bundle as `factory` and `current`.
     pub fn new(settings: &BoxSettings) -> UpdaterBox {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state_dir = dir.path().join("updater");
-        let store_dir = dir.path().join("models");
+        let state_dir = settings
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("updater"));
+        let store_dir = settings
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("models"));
         let health_file = dir.path().join("agent/model-health.json");
         std::fs::create_dir_all(dir.path().join("agent")).expect("agent dir");
         let store = Store::open(&store_dir).expect("store");

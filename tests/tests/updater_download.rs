@@ -3,12 +3,11 @@
 //! endless data, tampered content, an outage, and a disk that fills up mid-download.
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use defect_e2e::repo_server::{Fault, RepoServer, Request};
+use defect_e2e::tmpfs::{Tmpfs, fill};
 use model_updater::download::{self, DownloadError, Jitter, Policy, Target, Url};
 use sha2::{Digest, Sha256};
 
@@ -624,60 +623,6 @@ fn file_urls_longer_than_the_signed_length_fail_with_endless_data() {
         "{error:?}"
     );
     assert!(!setup.partial.exists());
-}
-
-/// A tmpfs of a given size mounted on a folder for the life of the guard (the tests run as
-/// root in CI).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            output.status.success(),
-            "mount -t tmpfs -o size={size} tmpfs {} failed (the disk-full test needs root): {}",
-            dir.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Tmpfs {
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy: detach it so that the temporary folder can go.
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
-
-/// Writes a filler file until the file system is full; returns its size.
-fn fill(dir: &Path) -> u64 {
-    let mut filler = fs::File::create(dir.join("filler")).expect("create the filler");
-    let block = vec![0x55u8; 4096];
-    let mut written = 0u64;
-    loop {
-        match filler.write(&block) {
-            Ok(0) => break,
-            Ok(n) => written += n as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
-            Err(e) => panic!("filling the tmpfs: {e}"),
-        }
-    }
-    written
 }
 
 #[test]

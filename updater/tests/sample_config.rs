@@ -9,6 +9,9 @@ fn the_sample_config_in_deploy_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/model-updater.toml");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.target.model, "surface-classifier");
-    assert_eq!(config.paths.model_store, Path::new("/var/lib/defect-agent/models"));
+    assert_eq!(
+        config.paths.model_store,
+        Path::new("/var/lib/defect-agent/models")
+    );
     assert!(config.mqtt.is_some());
 }
