@@ -117,3 +117,25 @@ fn a_repository_copied_to_a_usb_stick_installs_with_the_same_verification() {
     assert_eq!(line.edge.current(), (sha, 2));
     line.wait_for_served_version(2);
 }
+
+#[test]
+fn an_unreachable_server_is_reported_quietly_as_offline() {
+    let repo = OwnRepo::init();
+    let server = RepoServer::start(&repo.repo);
+    let url = server.url("/");
+    drop(server);
+    let edge =
+        defect_e2e::updater_box::UpdaterBox::new(&BoxSettings::new(&url, &repo.first_root()));
+
+    let output = edge.check();
+    assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("ERROR"),
+        "offline is not an error: {stderr}"
+    );
+    let status = edge.status().expect("status");
+    assert_eq!(status["state"], "offline", "{status}");
+    assert_eq!(status["last_error"], serde_json::Value::Null, "{status}");
+    assert_eq!(edge.current().1, 1);
+}

@@ -197,7 +197,6 @@ impl Updater {
                 self.board.update(|s| {
                     s.last_check_ms = Some(now);
                     s.pending = None;
-                    s.progress = None;
                     if let Outcome::Reverted { candidate, reason } = outcome {
                         s.last_error = Some(format!(
                             "{} model_version {} reverted: {reason}",
@@ -211,7 +210,6 @@ impl Updater {
                 tracing::info!(error = %verify::chain(error), "repository not reachable; will retry");
                 self.board.update(|s| {
                     s.last_check_ms = Some(now);
-                    s.progress = None;
                 });
                 self.refresh_status(Some(Phase::Offline));
             }
@@ -221,7 +219,6 @@ impl Updater {
                 self.board.update(|s| {
                     s.last_check_ms = Some(now);
                     s.last_error = Some(text);
-                    s.progress = None;
                 });
                 self.refresh_status(Some(Phase::Error));
             }

@@ -33,15 +33,6 @@ pub enum Phase {
     Stopped,
 }
 
-/// Download progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Progress {
-    /// Bytes on disk.
-    pub bytes: u64,
-    /// Signed length.
-    pub total: u64,
-}
-
 /// The status document (JSON on disk and on MQTT).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
@@ -53,9 +44,6 @@ pub struct Status {
     pub current: Option<ModelRef>,
     /// The version being downloaded, installed or tried.
     pub pending: Option<ModelRef>,
-    /// Download progress of `pending`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
     /// End of the last check (Unix ms).
     pub last_check_ms: Option<u64>,
     /// End of the last check that reached and verified the repository (Unix ms).
@@ -79,7 +67,6 @@ impl Default for Status {
             state: Phase::Idle,
             current: None,
             pending: None,
-            progress: None,
             last_check_ms: None,
             last_success_ms: None,
             last_error: None,
