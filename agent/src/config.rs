@@ -27,6 +27,9 @@ pub struct Config {
     /// The HTTP frame upload endpoint; absent means no HTTP listener.
     #[serde(default)]
     pub http: Option<HttpSection>,
+    /// The Prometheus metrics endpoint; absent means no metrics listener.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
     /// The inspection stations this box serves, one camera each.
     #[serde(default, rename = "station")]
     pub stations: Vec<StationSection>,
@@ -169,6 +172,14 @@ pub struct ResultsSection {
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     /// Address and port to listen on, such as `127.0.0.1:8080`.
+    pub listen: String,
+}
+
+/// The Prometheus metrics endpoint (`[metrics]`): `GET /metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address and port to listen on, such as `127.0.0.1:9101`.
     pub listen: String,
 }
 
@@ -403,17 +414,7 @@ impl Config {
         self.check_agent(&mut p);
         self.check_mqtt(&mut p);
         self.check_stations(&mut p);
-        if let Some(http) = &self.http
-            && http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            p.add(
-                "http.listen",
-                format!(
-                    "{:?} is not an address:port such as 127.0.0.1:8080",
-                    http.listen
-                ),
-            );
-        }
+        self.check_listeners(&mut p);
         if self.results.max_entries == 0 {
             p.add("results.max_entries", "must be at least 1");
         }
@@ -421,6 +422,33 @@ impl Config {
             p.add("results.max_age_h", "must be at least 1");
         }
         p.0
+    }
+
+    fn check_listeners(&self, p: &mut Problems) {
+        let http = self
+            .http
+            .as_ref()
+            .map(|h| ("http.listen", &h.listen, "8080"));
+        let metrics = self
+            .metrics
+            .as_ref()
+            .map(|m| ("metrics.listen", &m.listen, "9101"));
+        let mut bound = Vec::new();
+        for (key, listen, port) in [http, metrics].into_iter().flatten() {
+            match listen.parse::<std::net::SocketAddr>() {
+                Ok(address) => bound.push(address),
+                Err(_) => p.add(
+                    key,
+                    format!("{listen:?} is not an address:port such as 127.0.0.1:{port}"),
+                ),
+            }
+        }
+        if let [http, metrics] = bound[..]
+            && http == metrics
+            && http.port() != 0
+        {
+            p.add("metrics.listen", format!("{metrics} is also http.listen"));
+        }
     }
 
     fn check_agent(&self, p: &mut Problems) {
@@ -641,6 +669,8 @@ topic_prefix = "/acme/+/line"
 port = 0
 [http]
 listen = "everywhere"
+[metrics]
+listen = "localhost"
 [[station]]
 id = "Cam 1"
 [station.hot_folder]
@@ -658,6 +688,7 @@ after = "move"
             "mqtt.topic_prefix",
             "mqtt.port",
             "http.listen",
+            "metrics.listen",
             "station[0].id",
             "station[0].hot_folder.part_id_pattern",
             "station[0].hot_folder.move_to",
@@ -695,6 +726,24 @@ after = "move"
             let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
             assert_eq!(keys, ["agent.model_health_file"], "{problems:?}");
         }
+    }
+
+    #[test]
+    fn the_metrics_listener_is_optional_and_needs_an_address_of_its_own() {
+        let config = parse("[[station]]\nid = \"a\"\n").expect("valid");
+        assert!(config.metrics.is_none());
+        let config = parse("[metrics]\nlisten = \"127.0.0.1:9101\"\n[[station]]\nid = \"a\"\n")
+            .expect("valid");
+        assert_eq!(
+            config.metrics.map(|m| m.listen).as_deref(),
+            Some("127.0.0.1:9101")
+        );
+        let text = "[http]\nlisten = \"127.0.0.1:8080\"\n[metrics]\nlisten = \"127.0.0.1:8080\"\n[[station]]\nid = \"a\"\n";
+        let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
+            panic!("expected a problem");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["metrics.listen"], "{problems:?}");
     }
 
     #[test]

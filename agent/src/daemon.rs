@@ -1,8 +1,8 @@
 //! `defect-agent run`: wires the components together and runs until told to stop.
 //!
-//! This module owns the daemon's lifecycle: start-up order (result log, MQTT session, model
-//! validated and warmed up, then `READY=1` to systemd without waiting for the broker, then the
-//! workers and frame sources), the systemd watchdog (pinged only while the pipeline makes
+//! This module owns the daemon's lifecycle: start-up order (result log, MQTT session, metrics
+//! listener, model validated and warmed up, then `READY=1` to systemd without waiting for the
+//! broker, then the workers and frame sources), the systemd watchdog (pinged only while the pipeline makes
 //! progress), periodic retention of the result log, and the clean shutdown on SIGTERM:
 //! `STOPPING=1`, no new frames, every frame in flight decided and logged, `offline` published.
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::health::Health;
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{OutputStage, Pipeline, spawn_output, spawn_workers};
 use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
@@ -46,6 +47,9 @@ pub enum DaemonError {
     /// The HTTP listener could not start.
     #[error(transparent)]
     Http(#[from] http::HttpError),
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// A worker thread could not be started.
     #[error("cannot start inference workers: {0}")]
     Workers(std::io::Error),
@@ -56,6 +60,8 @@ pub enum DaemonError {
 pub struct Running {
     /// Address of the HTTP listener, when configured.
     pub http: Option<std::net::SocketAddr>,
+    /// Address of the metrics listener, when configured.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Shared health counters.
     pub health: Arc<Health>,
 }
@@ -79,16 +85,43 @@ pub async fn run(
         RetentionPolicy::from(&config.results),
     )?;
     let health = Arc::new(Health::default());
+    let recorded = Arc::new(Metrics::new(config.stations.iter().map(|s| s.id.as_str())));
     let client_id = client_id(&config);
-    let publisher = crate::mqtt::start(&config.mqtt, client_id, log.clone(), Arc::clone(&health))?;
+    let publisher = crate::mqtt::start(
+        &config.mqtt,
+        client_id,
+        log.clone(),
+        Arc::clone(&health),
+        Arc::clone(&recorded),
+    )?;
 
     let slot = Arc::new(ModelSlot::default());
+    let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
+    let (pipeline, parts) =
+        Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
+    // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
+    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let mut metrics_address = None;
+    let mut metrics_task = None;
+    if let Some(section) = &config.metrics {
+        let sources = metrics::Sources {
+            metrics: recorded,
+            health: Arc::clone(&health),
+            slot: Arc::clone(&slot),
+            log: log.clone(),
+            pipeline: pipeline.clone(),
+        };
+        let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
+        metrics_address = Some(address);
+        let mut stopped = metrics_stopped;
+        metrics_task = Some(tokio::spawn(metrics::serve(listener, router, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })));
+    }
+
     let report = config.agent.model_health_file.as_deref();
     let watch_start = start_model(&model, report, &slot, &health, &publisher).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-
-    let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
-    let (pipeline, parts) = Pipeline::new(config.agent.queue_capacity, deadline);
     let workers = spawn_workers(
         config.worker_count(),
         &parts.queue,
@@ -165,6 +198,7 @@ pub async fn run(
     if let Some(started) = started {
         let _ = started.send(Running {
             http: http_address,
+            metrics: metrics_address,
             health: Arc::clone(&health),
         });
     }
@@ -200,6 +234,11 @@ pub async fn run(
     publisher.shutdown().await;
     if let Err(error) = log.sync() {
         tracing::error!(%error, "cannot flush the result log at shutdown");
+    }
+    // Scrapes are answered to the end of the drain.
+    let _ = stop_metrics.send(true);
+    if let Some(task) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     // The worker threads are idle; they end with the process.
     drop(workers);

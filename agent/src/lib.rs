@@ -14,6 +14,7 @@
 //! - [`mqtt`]: the topic contract, the broker connection and what is published when.
 //! - [`result_log`]: the local result log (sled) every outcome is written to first.
 //! - [`health`]: the `ready` flag and the counters behind it.
+//! - [`metrics`]: Prometheus metrics and their listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
@@ -30,6 +31,7 @@ pub mod daemon;
 pub mod demo;
 pub mod embedded;
 pub mod health;
+pub mod metrics;
 pub mod mqtt;
 pub mod outcome;
 pub mod pipeline;

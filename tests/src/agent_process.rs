@@ -27,6 +27,8 @@ pub struct AgentSettings {
     pub workers: usize,
     /// HTTP listen address, if any.
     pub http: Option<String>,
+    /// Metrics listen address (`[metrics] listen`), if any.
+    pub metrics: Option<String>,
     /// Model store folder, if any.
     pub model_store: Option<PathBuf>,
     /// Model health report file (`agent.model_health_file`), if any.
@@ -54,6 +56,7 @@ impl AgentSettings {
             queue_capacity: 64,
             workers: 2,
             http: None,
+            metrics: None,
             model_store: None,
             model_health_file: None,
             mqtt_extra: String::new(),
@@ -135,6 +138,9 @@ impl AgentProcess {
         ));
         if let Some(listen) = &s.http {
             text.push_str(&format!("[http]\nlisten = {listen:?}\n"));
+        }
+        if let Some(listen) = &s.metrics {
+            text.push_str(&format!("[metrics]\nlisten = {listen:?}\n"));
         }
         for station in &s.stations {
             text.push_str(&format!(

@@ -12,6 +12,7 @@ pub mod crash_fixture;
 pub mod hot_swap;
 pub mod python_tuf;
 pub mod repo_server;
+pub mod scrape;
 pub mod subscriber;
 pub mod tmpfs;
 pub mod updater_box;

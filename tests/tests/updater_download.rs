@@ -4,6 +4,8 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use defect_e2e::repo_server::{Fault, RepoServer, Request};
@@ -86,6 +88,20 @@ impl Setup {
             self.partial.clone(),
             policy.clone(),
         ))
+    }
+
+    /// Runs one `download_counted` call to completion, adding the bytes received to `received`.
+    fn download_counted(
+        &self,
+        policy: &Policy,
+        received: &Arc<AtomicU64>,
+    ) -> Result<(), DownloadError> {
+        let (target, partial, policy) = (self.target.clone(), self.partial.clone(), policy.clone());
+        let received = Arc::clone(received);
+        runtime().block_on(async move {
+            let client = download::client(&policy).expect("HTTP client");
+            download::download_counted(&client, &target, &partial, &policy, &received).await
+        })
     }
 
     fn partial_bytes(&self) -> Vec<u8> {
@@ -226,6 +242,34 @@ fn a_reset_mid_body_is_resumed_with_a_range_request_and_completes() {
         log[1].body_bytes,
         Some(setup.content.len() as u64 - resumed_from),
         "only the missing bytes were sent again"
+    );
+}
+
+#[test]
+fn the_bytes_received_are_counted_once_across_a_resume_and_not_again_for_a_complete_partial() {
+    let setup = Setup::new(generated(2 * MIB, 4));
+    setup
+        .server
+        .faults()
+        .add(Fault::ResetAfter(MIB as u64).times(1));
+    let received = Arc::new(AtomicU64::new(0));
+
+    setup
+        .download_counted(&fast_policy(), &received)
+        .expect("download");
+    setup.assert_complete();
+    let log = setup.settled_log(2);
+    assert_eq!(log.len(), 2, "one reset, one resume: {log:#?}");
+    assert_eq!(log[1].status, 206, "{log:#?}");
+    assert_eq!(received.load(Ordering::Relaxed), setup.content.len() as u64);
+
+    setup
+        .download_counted(&fast_policy(), &received)
+        .expect("verify the complete partial");
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        setup.content.len() as u64,
+        "a complete partial is not received again"
     );
 }
 

@@ -34,6 +34,9 @@ pub struct Config {
     /// The retained status topic and update announcements; absent means no MQTT.
     #[serde(default)]
     pub mqtt: Option<MqttSection>,
+    /// The Prometheus metrics endpoint of `model-updater run`; absent means no listener.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
 }
 
 /// `[repository]`: the central server.
@@ -153,6 +156,14 @@ pub struct MqttSection {
     /// Keep-alive in seconds (5 or more).
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
+}
+
+/// `[metrics]`: `GET /metrics` and `/healthz` while `model-updater run` runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address and port to listen on, such as `127.0.0.1:9102`.
+    pub listen: String,
 }
 
 impl MqttSection {
@@ -415,6 +426,17 @@ impl Config {
                 add("mqtt.client_id", "must not be empty");
             }
         }
+        if let Some(metrics) = &self.metrics
+            && metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            add(
+                "metrics.listen",
+                &format!(
+                    "{:?} is not an address:port such as 127.0.0.1:9102",
+                    metrics.listen
+                ),
+            );
+        }
         problems
     }
 }
@@ -438,12 +460,13 @@ mod tests {
         assert_eq!(config.poll.interval_s, 900);
         assert_eq!(config.trial.max_attempts, 3);
         assert!(config.mqtt.is_none());
+        assert!(config.metrics.is_none());
     }
 
     #[test]
     fn every_problem_is_reported_by_key() {
         let text = MINIMAL.replace("https://updates", "ftp://updates")
-            + "[poll]\ninterval_s = 0\n[trial]\nmax_attempts = 0\n";
+            + "[poll]\ninterval_s = 0\n[trial]\nmax_attempts = 0\n[metrics]\nlisten = \"9102\"\n";
         let Err(ConfigError::Invalid { problems, .. }) = Config::parse(&text) else {
             panic!("must be invalid");
         };
@@ -454,7 +477,8 @@ mod tests {
                 "repository.metadata_url",
                 "repository.targets_url",
                 "poll.interval_s",
-                "trial.max_attempts"
+                "trial.max_attempts",
+                "metrics.listen"
             ]
         );
     }

@@ -20,6 +20,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -271,8 +272,20 @@ pub async fn download(
     partial: &Path,
     policy: &Policy,
 ) -> Result<(), DownloadError> {
+    download_counted(client, target, partial, policy, &AtomicU64::new(0)).await
+}
+
+/// As [`download`], adding every byte received from the repository to `received` as it is
+/// written (bytes a resume already had are not received again).
+pub async fn download_counted(
+    client: &reqwest::Client,
+    target: &Target,
+    partial: &Path,
+    policy: &Policy,
+    received: &AtomicU64,
+) -> Result<(), DownloadError> {
     match target.url.scheme() {
-        "file" => return copy_local(target, partial).await,
+        "file" => return copy_local(target, partial, received).await,
         "http" | "https" => {}
         _ => {
             return Err(DownloadError::UnsupportedUrl {
@@ -308,7 +321,16 @@ pub async fn download(
             );
             tokio::time::sleep(delay).await;
         }
-        match attempt_once(client, target, partial, policy, &mut progress, &mut bucket).await {
+        let once = attempt_once(
+            client,
+            target,
+            partial,
+            policy,
+            &mut progress,
+            &mut bucket,
+            received,
+        );
+        match once.await {
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Retry { error, after }) => {
@@ -406,7 +428,8 @@ impl Progress {
     }
 }
 
-/// One request: sends it, checks the answer, streams the body into the partial.
+/// One request: sends it, checks the answer, streams the body into the partial (counting the
+/// bytes into `received`).
 async fn attempt_once(
     client: &reqwest::Client,
     target: &Target,
@@ -414,6 +437,7 @@ async fn attempt_once(
     policy: &Policy,
     progress: &mut Progress,
     bucket: &mut Option<TokenBucket>,
+    received: &AtomicU64,
 ) -> Result<(), Failure> {
     let url = &target.url;
     let on_disk = match tokio::fs::metadata(partial).await {
@@ -565,6 +589,7 @@ async fn attempt_once(
             }
         }
         write(&mut file, partial, &chunk).await?;
+        received.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         progress.hasher.update(&chunk);
         progress.written += chunk.len() as u64;
     }
@@ -582,8 +607,12 @@ async fn attempt_once(
 }
 
 /// Copies a `file://` target (a repository on a USB stick) with the same length limit and hash
-/// check as a download. No resume and no rate limit.
-async fn copy_local(target: &Target, partial: &Path) -> Result<(), DownloadError> {
+/// check as a download (counting the bytes into `received`). No resume and no rate limit.
+async fn copy_local(
+    target: &Target,
+    partial: &Path,
+    received: &AtomicU64,
+) -> Result<(), DownloadError> {
     let source = target
         .url
         .to_file_path()
@@ -620,6 +649,7 @@ async fn copy_local(target: &Target, partial: &Path) -> Result<(), DownloadError
             });
         }
         write(&mut output, partial, &buffer[..n]).await?;
+        received.fetch_add(n as u64, Ordering::Relaxed);
         progress.hasher.update(&buffer[..n]);
         progress.written += n as u64;
     }

@@ -17,6 +17,7 @@
 //! - [`trial`]: the verdict on a new bundle from the agent's model health report.
 //! - [`state`]: the write-ahead record of trials and bad versions.
 //! - [`status`], [`mqtt`]: the status document, its file and its retained MQTT topic.
+//! - [`metrics`]: Prometheus metrics read from the status board, and their listener.
 //! - [`service`]: one update cycle and the daemon loop.
 //!
 //! Ops side:
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod download;
 pub mod install;
+pub mod metrics;
 pub mod mqtt;
 pub mod publish;
 pub mod select;

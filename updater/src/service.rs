@@ -19,9 +19,10 @@ use crate::clock;
 use crate::config::Config;
 use crate::download::{self, DownloadError};
 use crate::install::{self, InstallError};
+use crate::metrics::MetricsError;
 use crate::select;
 use crate::state::{ModelRef, StateFile, UpdaterState};
-use crate::status::{Phase, StatusBoard};
+use crate::status::{CheckOutcome, Phase, StatusBoard};
 use crate::trial::{self, Verdict};
 use crate::trust::{TrustError, TrustStore};
 use crate::verify::{self, CheckError, Release, Source};
@@ -73,6 +74,9 @@ pub enum UpdateError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The metrics listener could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 impl UpdateError {
@@ -142,7 +146,7 @@ impl Updater {
         Ok(updater)
     }
 
-    /// The status board (for the MQTT link).
+    /// The status board (for the MQTT link and the metrics).
     pub fn board(&self) -> Arc<StatusBoard> {
         self.board.clone()
     }
@@ -205,6 +209,11 @@ impl Updater {
                     }
                 });
                 self.refresh_status(Some(Phase::Idle));
+                self.board.activity().count_check(match outcome {
+                    Outcome::UpToDate => CheckOutcome::UpToDate,
+                    Outcome::Installed(_) => CheckOutcome::Installed,
+                    Outcome::Reverted { .. } => CheckOutcome::Reverted,
+                });
             }
             Err(error) if error.is_offline() => {
                 tracing::info!(error = %verify::chain(error), "repository not reachable; will retry");
@@ -212,6 +221,7 @@ impl Updater {
                     s.last_check_ms = Some(now);
                 });
                 self.refresh_status(Some(Phase::Offline));
+                self.board.activity().count_check(CheckOutcome::Offline);
             }
             Err(error) => {
                 let text = verify::chain(error);
@@ -221,6 +231,7 @@ impl Updater {
                     s.last_error = Some(text);
                 });
                 self.refresh_status(Some(Phase::Error));
+                self.board.activity().count_check(CheckOutcome::Error);
             }
         }
         result
@@ -305,11 +316,12 @@ impl Updater {
             length: release.length,
             sha256: release.sha256,
         };
-        download::download(
+        download::download_counted(
             &self.client,
             &target,
             &partial,
             &self.config.download.policy(),
+            self.board.activity().downloaded_bytes(),
         )
         .await
         .map_err(download_error)?;
@@ -429,13 +441,29 @@ pub fn configured_source(config: &Config) -> Result<Source, CheckError> {
 }
 
 /// Runs the daemon until `shutdown` resolves: a cycle now, then one per interval (with jitter)
-/// or whenever an update is announced.
+/// or whenever an update is announced. Serves the metrics meanwhile when `[metrics]` is set.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), UpdateError> {
     let source = configured_source(&config)?;
     let mut updater = Updater::open(config)?;
+    let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics = match &updater.config().metrics {
+        Some(section) => {
+            let (_, listener, router) =
+                crate::metrics::bind(&section.listen, updater.board()).await?;
+            let mut stopped = metrics_stopped;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                router,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     let announce = Arc::new(Notify::new());
     let link =
         updater.config().mqtt.as_ref().map(|mqtt| {
@@ -461,6 +489,10 @@ pub async fn run(
     board.update(|s| s.state = Phase::Stopped);
     if let Some(link) = link {
         link.close(&board.get()).await;
+    }
+    let _ = stop_metrics.send(true);
+    if let Some(task) = metrics {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(())
 }

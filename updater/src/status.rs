@@ -2,9 +2,12 @@
 //!
 //! This module owns the [`Status`] document and where it goes: `<state_dir>/status.json`
 //! (read by `model-updater status`) and, when MQTT is configured, the retained
-//! `<prefix>/updater` topic. The document is replaced as a whole on every change.
+//! `<prefix>/updater` topic. The document is replaced as a whole on every change. Next to it
+//! the board keeps the [`Activity`] counters of this process (checks by outcome, bytes
+//! downloaded), which the metrics report and the document does not carry.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -31,6 +34,97 @@ pub enum Phase {
     Offline,
     /// The updater stopped (retained as its MQTT Last Will too).
     Stopped,
+}
+
+impl Phase {
+    /// Every phase, in declaration order.
+    pub const ALL: [Phase; 8] = [
+        Phase::Idle,
+        Phase::Checking,
+        Phase::Downloading,
+        Phase::Installing,
+        Phase::Trial,
+        Phase::Error,
+        Phase::Offline,
+        Phase::Stopped,
+    ];
+
+    /// snake_case name, as in the status document and the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Checking => "checking",
+            Phase::Downloading => "downloading",
+            Phase::Installing => "installing",
+            Phase::Trial => "trial",
+            Phase::Error => "error",
+            Phase::Offline => "offline",
+            Phase::Stopped => "stopped",
+        }
+    }
+}
+
+/// How a finished check (one update cycle) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckOutcome {
+    /// Nothing newer for this box.
+    UpToDate,
+    /// A new bundle was installed and committed.
+    Installed,
+    /// A new bundle failed its trial and was reverted.
+    Reverted,
+    /// The repository could not be reached.
+    Offline,
+    /// The check failed loudly (verification, download, install).
+    Error,
+}
+
+impl CheckOutcome {
+    /// Every outcome, in declaration order.
+    pub const ALL: [CheckOutcome; 5] = [
+        CheckOutcome::UpToDate,
+        CheckOutcome::Installed,
+        CheckOutcome::Reverted,
+        CheckOutcome::Offline,
+        CheckOutcome::Error,
+    ];
+
+    /// snake_case name, as in the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            CheckOutcome::UpToDate => "up_to_date",
+            CheckOutcome::Installed => "installed",
+            CheckOutcome::Reverted => "reverted",
+            CheckOutcome::Offline => "offline",
+            CheckOutcome::Error => "error",
+        }
+    }
+}
+
+/// What this process did since it started: counters, never persisted.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Finished checks, indexed like [`CheckOutcome::ALL`].
+    checks: [AtomicU64; CheckOutcome::ALL.len()],
+    /// Bundle bytes received from the repository.
+    downloaded_bytes: AtomicU64,
+}
+
+impl Activity {
+    /// Counts a finished check.
+    pub fn count_check(&self, outcome: CheckOutcome) {
+        self.checks[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Finished checks that ended with `outcome`.
+    pub fn checks(&self, outcome: CheckOutcome) -> u64 {
+        self.checks[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The counter of bundle bytes received, for the downloader to add to.
+    pub fn downloaded_bytes(&self) -> &AtomicU64 {
+        &self.downloaded_bytes
+    }
 }
 
 /// The status document (JSON on disk and on MQTT).
@@ -94,11 +188,13 @@ pub fn read(state_dir: &Path) -> Result<Option<Status>, String> {
     }
 }
 
-/// Holds the status and publishes every change to the file and to watchers (the MQTT link).
+/// Holds the status and publishes every change to the file and to watchers (the MQTT link,
+/// the metrics); also holds the process's [`Activity`] counters.
 #[derive(Debug)]
 pub struct StatusBoard {
     path: PathBuf,
     sender: watch::Sender<Status>,
+    activity: Activity,
 }
 
 impl StatusBoard {
@@ -108,7 +204,13 @@ impl StatusBoard {
         StatusBoard {
             path: status_path(state_dir),
             sender,
+            activity: Activity::default(),
         }
+    }
+
+    /// What this process did since it started.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// A receiver of every change.
@@ -135,6 +237,31 @@ impl StatusBoard {
                 }
             }
             Err(error) => tracing::warn!(%error, "cannot serialise the status"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_check_outcome_is_counted_apart() {
+        let activity = Activity::default();
+        for (index, outcome) in CheckOutcome::ALL.into_iter().enumerate() {
+            for _ in 0..=index {
+                activity.count_check(outcome);
+            }
+        }
+        let counts: Vec<u64> = CheckOutcome::ALL.map(|o| activity.checks(o)).to_vec();
+        assert_eq!(counts, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn phase_names_are_the_status_document_names() {
+        for phase in Phase::ALL {
+            let json = serde_json::to_string(&phase).expect("serialise");
+            assert_eq!(json, format!("\"{}\"", phase.name()));
         }
     }
 }

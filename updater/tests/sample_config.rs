@@ -14,4 +14,8 @@ fn the_sample_config_in_deploy_is_valid() {
         Path::new("/var/lib/defect-agent/models")
     );
     assert!(config.mqtt.is_some());
+    assert_eq!(
+        config.metrics.map(|m| m.listen).as_deref(),
+        Some("127.0.0.1:9102")
+    );
 }

@@ -19,6 +19,7 @@ use super::link::{Link, LinkError, LinkEvent, LinkSettings, Message};
 use super::payload::{self, ModelInfo, Topics};
 use crate::config::MqttSection;
 use crate::health::Health;
+use crate::metrics::{FrameTimes, Metrics};
 use crate::outcome::{Outcome, unix_ms};
 use crate::result_log::ResultLog;
 
@@ -32,7 +33,7 @@ const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(60);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 enum Command {
-    Decision(Box<Outcome>, Instant),
+    Decision(Box<Outcome>, Instant, FrameTimes),
     ResultsAvailable,
     Model(ModelInfo),
     ModelError(Option<String>),
@@ -47,11 +48,14 @@ pub struct Publisher {
 
 impl Publisher {
     /// Publishes a live decision if it can reach the broker before `deadline`; otherwise it is
-    /// dropped (it is in the result log and goes out on `results`).
-    pub fn decision(&self, outcome: &Outcome, deadline: Instant) {
-        let _ = self
-            .tx
-            .send(Command::Decision(Box::new(outcome.clone()), deadline));
+    /// dropped (it is in the result log and goes out on `results`). `times` feed the publish
+    /// and end-to-end latency metrics.
+    pub fn decision(&self, outcome: &Outcome, deadline: Instant, times: FrameTimes) {
+        let _ = self.tx.send(Command::Decision(
+            Box::new(outcome.clone()),
+            deadline,
+            times,
+        ));
     }
 
     /// Tells the session that new outcomes are in the result log.
@@ -91,6 +95,7 @@ pub fn start(
     client_id: String,
     log: ResultLog,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
 ) -> Result<Publisher, LinkError> {
     let topics = Topics::new(&mqtt.topic_prefix);
     let settings = LinkSettings {
@@ -106,6 +111,7 @@ pub fn start(
         mqtt: mqtt.clone(),
         log,
         health,
+        metrics,
         connected: false,
         held: VecDeque::new(),
         expect: VecDeque::new(),
@@ -128,10 +134,12 @@ struct Session {
     mqtt: MqttSection,
     log: ResultLog,
     health: Arc<Health>,
+    /// Publish and end-to-end latencies of live decisions.
+    metrics: Arc<Metrics>,
     /// Connected to the broker (a ConnAck since the last error).
     connected: bool,
-    /// Live decisions waiting for a connection, with their deadlines.
-    held: VecDeque<(Message, Instant)>,
+    /// Live decisions waiting for a connection, with their deadlines and frame times.
+    held: VecDeque<(Message, Instant, FrameTimes)>,
     /// Publishes queued on this connection and not yet seen leaving, in order.
     expect: VecDeque<Tag>,
     /// Result sequence number of each unacknowledged QoS 1 packet id.
@@ -195,7 +203,7 @@ impl Session {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Decision(outcome, deadline) => {
+            Command::Decision(outcome, deadline, times) => {
                 let message = Message {
                     topic: self.topics.decision(&outcome.station),
                     payload: payload::decision(&outcome, self.mqtt.payload),
@@ -204,9 +212,9 @@ impl Session {
                     expiry_s: Some(self.mqtt.decision_expiry_s),
                 };
                 if self.connected {
-                    self.send_decision(message, deadline);
+                    self.send_decision(message, deadline, times);
                 } else {
-                    self.held.push_back((message, deadline));
+                    self.held.push_back((message, deadline, times));
                     self.drop_expired_held();
                 }
             }
@@ -254,8 +262,8 @@ impl Session {
                 self.publish_status();
                 self.publish_model();
                 let held = std::mem::take(&mut self.held);
-                for (message, deadline) in held {
-                    self.send_decision(message, deadline);
+                for (message, deadline, times) in held {
+                    self.send_decision(message, deadline, times);
                 }
                 self.fill_results();
             }
@@ -306,19 +314,21 @@ impl Session {
         self.last_queued = 0;
     }
 
-    fn send_decision(&mut self, message: Message, deadline: Instant) {
+    fn send_decision(&mut self, message: Message, deadline: Instant, times: FrameTimes) {
         if Instant::now() >= deadline {
             self.health.count_decision_not_sent();
             tracing::debug!(topic = %message.topic, "decision past its deadline; not published");
             return;
         }
-        self.publish(message, Tag::Other);
+        if self.publish(message, Tag::Other) {
+            self.metrics.published(times);
+        }
     }
 
     fn drop_expired_held(&mut self) {
         let now = Instant::now();
         let before = self.held.len();
-        self.held.retain(|(_, deadline)| *deadline > now);
+        self.held.retain(|(_, deadline, _)| *deadline > now);
         for _ in self.held.len()..before {
             self.health.count_decision_not_sent();
         }

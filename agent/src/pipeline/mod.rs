@@ -21,6 +21,7 @@ use tokio::time::Instant;
 pub use output::{OutputStage, spawn_output};
 pub use worker::spawn_workers;
 
+use crate::metrics::{FrameTimes, Metrics};
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
@@ -70,6 +71,14 @@ impl Ticket {
         self.claimed.load(Ordering::Acquire)
     }
 
+    /// The frame's arrival, and now as the moment its outcome is made.
+    fn times_now(&self) -> FrameTimes {
+        FrameTimes {
+            received: self.received,
+            decided: Instant::now(),
+        }
+    }
+
     fn take_completion(&self) -> Option<Completion> {
         self.completion.lock().ok().and_then(|mut c| c.take())
     }
@@ -91,6 +100,8 @@ pub struct Emitted {
     pub completion: Option<Completion>,
     /// The frame's decision deadline, for the live publish.
     pub deadline: Instant,
+    /// When the frame arrived and its outcome was made, for the latency metrics.
+    pub times: FrameTimes,
 }
 
 /// Handle to submit frames; cheap to clone.
@@ -101,6 +112,7 @@ pub struct Pipeline {
     deadline: Duration,
     in_flight: Arc<AtomicUsize>,
     generated_parts: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 /// The receiving ends the workers and the output stage are built from.
@@ -112,8 +124,13 @@ pub struct PipelineParts {
 }
 
 impl Pipeline {
-    /// A pipeline with a queue of `capacity` frames and a per-frame `deadline`.
-    pub fn new(capacity: usize, deadline: Duration) -> (Pipeline, PipelineParts) {
+    /// A pipeline with a queue of `capacity` frames and a per-frame `deadline`, recording into
+    /// `metrics`.
+    pub fn new(
+        capacity: usize,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (Pipeline, PipelineParts) {
         let (queue, queue_rx) = crossbeam_channel::bounded(capacity);
         let (emit, outcomes) = mpsc::unbounded_channel();
         let pipeline = Pipeline {
@@ -122,6 +139,7 @@ impl Pipeline {
             deadline,
             in_flight: Arc::new(AtomicUsize::new(0)),
             generated_parts: Arc::new(AtomicU64::new(unix_ms())),
+            metrics,
         };
         (
             pipeline,
@@ -143,10 +161,21 @@ impl Pipeline {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Frames waiting in the queue for a worker.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// What the frame path records into.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Submits a frame. Never blocks: a full queue yields "no decision" at once. Must be called
     /// within a tokio runtime (it arms the frame's deadline timer).
     pub fn submit(&self, job: FrameJob) {
         let received = Instant::now();
+        self.metrics.frame_received(&job.station);
         let ticket = Arc::new(Ticket {
             station: job.station,
             part: job.part,
@@ -195,6 +224,7 @@ impl Pipeline {
             outcome,
             completion: ticket.take_completion(),
             deadline: ticket.deadline,
+            times: ticket.times_now(),
         };
         if let Err(error) = self.emit.send(emitted) {
             // Only after the output stage stopped, at the very end of a shutdown.
@@ -212,6 +242,7 @@ impl Pipeline {
             outcome,
             completion: None,
             deadline: ticket.deadline,
+            times: ticket.times_now(),
         });
     }
 

@@ -78,12 +78,14 @@ impl OutputStage {
             outcome,
             completion,
             deadline,
+            times,
         } = emitted;
         self.health.record(&outcome);
+        self.pipeline.metrics().outcome(&outcome);
         if outcome.late {
             return;
         }
-        self.publisher.decision(&outcome, deadline);
+        self.publisher.decision(&outcome, deadline, times);
         tracing::debug!(station = %outcome.station, part = outcome.part, seq = outcome.seq, result = outcome.result.name(), label = %outcome.label, latency_ms = outcome.latency_ms, "decided");
         if let Some(completion) = completion {
             completion(&outcome, logged);

@@ -80,6 +80,7 @@ impl Worker {
         };
         match classifier.classify_bytes(&frame.bytes) {
             Ok(result) => {
+                self.pipeline.metrics().classified(&result.timings);
                 let mut outcome = decided(ticket, &model, &result);
                 if ticket.claim() {
                     self.pipeline.emit_live(outcome, ticket);
