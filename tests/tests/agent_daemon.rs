@@ -529,3 +529,41 @@ fn decided_files_are_moved_by_policy_and_csv_decisions_carry_the_same_integers()
     );
     assert_eq!(std::fs::read(&moved).expect("moved frame"), *bytes);
 }
+
+#[test]
+fn frames_past_their_deadline_get_a_live_no_decision_with_the_deadline_reason() {
+    let broker = Mosquitto::start();
+    let mut settings = AgentSettings::new(broker.port);
+    settings.workers = 1;
+    settings.queue_capacity = 64;
+    settings.deadline_ms = 10;
+    let plc = Subscriber::start(
+        broker.port,
+        &format!("{}/+/decision", settings.prefix),
+        Version::V5,
+    );
+    let agent = AgentProcess::start(settings);
+    let samples = sample_bytes();
+    let frames = 30u64;
+    // One worker and a 10 ms deadline: frames queued behind others miss it.
+    for part in 1..=frames {
+        agent.drop_frame("cam1", part, &samples[part as usize % samples.len()].0);
+    }
+    assert!(
+        plc.wait_until(WAIT, |m| count_on(m, "decision") >= frames as usize),
+        "only {} decisions; log:\n{}",
+        count_on(&plc.messages(), "decision"),
+        agent.log()
+    );
+    let by_part = decisions_by_part(&plc.messages());
+    assert_eq!(by_part.len(), frames as usize);
+    assert!(by_part.values().all(|d| d.len() == 1));
+    let deadline_misses = by_part
+        .values()
+        .filter(|d| d[0]["r"] == 2 && d[0]["why"] == 5)
+        .count();
+    assert!(
+        deadline_misses > 0,
+        "some frames must have missed the 10 ms deadline: {by_part:?}"
+    );
+}

@@ -20,7 +20,7 @@ use super::payload::{self, ModelInfo, Topics};
 use crate::config::MqttSection;
 use crate::health::Health;
 use crate::metrics::{FrameTimes, Metrics};
-use crate::outcome::{Outcome, unix_ms};
+use crate::outcome::{DecisionResult, Outcome, unix_ms};
 use crate::result_log::ResultLog;
 
 /// Results published and not yet acknowledged at most.
@@ -31,6 +31,8 @@ const UNREACHABLE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a clean shutdown waits for the broker to take the `offline` status.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long after its frame's deadline a "no decision" may still be published live.
+const NO_DECISION_GRACE: Duration = Duration::from_secs(1);
 
 enum Command {
     Decision(Box<Outcome>, Instant, FrameTimes),
@@ -204,6 +206,15 @@ impl Session {
     fn handle(&mut self, command: Command) {
         match command {
             Command::Decision(outcome, deadline, times) => {
+                // A "no decision" is made at the deadline at the latest (by the deadline timer),
+                // so it may go out a little after it: it is fail-safe (the PLC rejects the part
+                // either way) and tells the PLC at once instead of leaving it to time out. A pass
+                // or reject is never published after the deadline.
+                let deadline = if outcome.result == DecisionResult::NoDecision {
+                    deadline + NO_DECISION_GRACE
+                } else {
+                    deadline
+                };
                 let message = Message {
                     topic: self.topics.decision(&outcome.station),
                     payload: payload::decision(&outcome, self.mqtt.payload),
