@@ -248,6 +248,41 @@ fn read_json(path: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Standard error of a finished run, as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Replaces a served folder's content with `from` (the test server reads files per request).
+pub fn serve_instead(served: &Path, from: &Path) {
+    std::fs::remove_dir_all(served).expect("clear served folder");
+    copy_dir(from, served);
+}
+
+/// Whether none of the server's requests from index `from` on fetched a target.
+pub fn no_target_download_since(server: &crate::repo_server::RepoServer, from: usize) -> bool {
+    server.requests()[from..]
+        .iter()
+        .all(|r| !r.path.starts_with("/targets/"))
+}
+
+/// Environment that runs a process under libfaketime (`offset` as `FAKETIME` reads it), with
+/// the monotonic clock left alone.
+pub fn faketime(offset: &str) -> Vec<(String, String)> {
+    let library = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("libfaketime is not installed (Debian package faketime; .ci/run installs it)");
+    vec![
+        ("LD_PRELOAD".into(), library.into()),
+        ("FAKETIME".into(), offset.into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// Describes a finished `model-updater` run for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(

@@ -2,41 +2,16 @@
 //! swaps in a new one between frames, refuses one that fails validation (the old one keeps
 //! serving and the status says why), and tells systemd when it is ready and when it stops.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use defect_e2e::agent_process::{AgentProcess, AgentSettings, sample_bytes};
 use defect_e2e::broker::Mosquitto;
-use defect_e2e::repo_root;
+use defect_e2e::bundles::shipped_variant;
 use defect_e2e::subscriber::{Received, Subscriber, Version};
 use defect_models::store::Store;
-use defect_models::{Bundle, Manifest};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The shipped bundle rebuilt with `edit` applied to its manifest text.
-fn shipped_variant(edit: impl Fn(String) -> String) -> Vec<u8> {
-    let dir = repo_root().join("models/shipped");
-    let text = std::fs::read_to_string(dir.join("manifest.toml")).expect("manifest");
-    let manifest = Manifest::from_toml(&edit(text)).expect("edited manifest");
-    let model = std::fs::read(dir.join("surface-classifier.onnx")).expect("onnx");
-    let golden: BTreeMap<String, Vec<u8>> = manifest
-        .validation
-        .golden
-        .iter()
-        .map(|g| {
-            (
-                g.file.clone(),
-                std::fs::read(dir.join(&g.file)).expect("golden"),
-            )
-        })
-        .collect();
-    Bundle::create(manifest, model, &golden)
-        .expect("bundle")
-        .bytes()
-        .to_vec()
-}
 
 fn install(store: &Path, bytes: &[u8]) {
     let store = Store::open(store).expect("store");

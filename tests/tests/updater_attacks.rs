@@ -2,21 +2,11 @@
 //! a real HTTP server: each is refused loudly, and `current` keeps naming the verified bundle
 //! the agent serves. Clock faults run the real updater under libfaketime.
 
-use std::path::Path;
-
 use defect_e2e::bundles;
 use defect_e2e::repo_server::{Fault, RepoServer};
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo, UpdaterBox, copy_dir, describe};
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Replaces the served folder's content with `from` (the server reads files per request).
-fn serve_instead(served: &Path, from: &Path) {
-    std::fs::remove_dir_all(served).expect("clear served folder");
-    copy_dir(from, served);
-}
+use defect_e2e::updater_box::{
+    BoxSettings, EdgeLine, OwnRepo, UpdaterBox, copy_dir, describe, faketime, serve_instead, stderr,
+};
 
 fn target_file(repo: &OwnRepo, sha: &str) -> std::path::PathBuf {
     std::fs::read_dir(repo.repo.join("targets"))
@@ -27,22 +17,6 @@ fn target_file(repo: &OwnRepo, sha: &str) -> std::path::PathBuf {
                 .is_some_and(|n| n.to_string_lossy().starts_with(sha))
         })
         .expect("published target")
-}
-
-/// libfaketime for the updater process (`offset` as FAKETIME understands it).
-fn faketime(offset: &str) -> Vec<(String, String)> {
-    let library = [
-        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-        "/usr/lib/faketime/libfaketime.so.1",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("libfaketime is not installed (Debian package faketime; .ci/run installs it)");
-    vec![
-        ("LD_PRELOAD".into(), library.into()),
-        ("FAKETIME".into(), offset.into()),
-        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ]
 }
 
 #[test]

@@ -4,12 +4,15 @@
 //! installed, and the attacks of `updater_attacks.rs` are refused the same way when the
 //! metadata was written by someone else's code.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use defect_e2e::bundles;
 use defect_e2e::python_tuf::publisher_json;
 use defect_e2e::repo_server::{Fault, RepoServer};
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, UpdaterBox, copy_dir, describe};
+use defect_e2e::updater_box::{
+    BoxSettings, EdgeLine, UpdaterBox, copy_dir, describe, no_target_download_since, serve_instead,
+    stderr,
+};
 use serde_json::Value;
 
 /// The model the box runs and the repository publishes.
@@ -95,25 +98,8 @@ impl PyRepo {
     }
 }
 
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Replaces the served folder's content with `from` (the server reads files per request).
-fn serve_instead(served: &Path, from: &Path) {
-    std::fs::remove_dir_all(served).expect("clear served folder");
-    copy_dir(from, served);
-}
-
-/// Whether none of the server's requests from index `from` on fetched a target.
-fn no_target_download_since(server: &RepoServer, from: usize) -> bool {
-    server.requests()[from..]
-        .iter()
-        .all(|r| !r.path.starts_with("/targets/"))
 }
 
 #[test]

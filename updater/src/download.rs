@@ -237,7 +237,7 @@ pub fn client(policy: &Policy) -> Result<reqwest::Client, DownloadError> {
         .user_agent(concat!("model-updater/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| DownloadError::Client {
-            reason: error_chain(&e),
+            reason: crate::verify::chain(&e),
         })
 }
 
@@ -466,13 +466,13 @@ async fn attempt_once(
         Ok(Err(e)) if e.is_connect() => {
             return Err(Failure::retry(DownloadError::Offline {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason: crate::verify::chain(&e),
             }));
         }
         Ok(Err(e)) => {
             return Err(Failure::retry(DownloadError::Network {
                 url: url.to_string(),
-                reason: error_chain(&e),
+                reason: crate::verify::chain(&e),
             }));
         }
         Ok(Ok(response)) => response,
@@ -566,7 +566,7 @@ async fn attempt_once(
                 flush(&mut file, partial).await?;
                 return Err(Failure::retry(DownloadError::Network {
                     url: url.to_string(),
-                    reason: error_chain(&e),
+                    reason: crate::verify::chain(&e),
                 }));
             }
             Ok(Ok(None)) => break,
@@ -770,21 +770,6 @@ fn parent_dir(path: &Path) -> &Path {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     }
-}
-
-/// An error with its sources, one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A parsed `Content-Range: bytes first-last/total` (`total` is `None` for `*`).
