@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use defect_models::store::{Store, StoreError};
+use defect_models::store::{Pointer, Store, StoreError};
 use rand::Rng;
 use tokio::sync::Notify;
 
@@ -162,7 +162,23 @@ impl Updater {
     }
 
     fn refresh_status(&self, phase: Option<Phase>) {
-        let (current, _) = install::survey(&self.store);
+        // The bundle is read only when `current` names another one than the status shows.
+        let known = self.board.get().current;
+        let current = match self.store.pointer(Pointer::Current) {
+            Ok(Some(sha)) if known.as_ref().is_some_and(|k| k.sha256 == sha) => known,
+            Ok(Some(_)) => match self.store.load(Pointer::Current) {
+                Ok(bundle) => bundle.as_ref().map(install::model_ref),
+                Err(error) => {
+                    tracing::error!(%error, "model store pointer current unreadable");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(error) => {
+                tracing::error!(%error, "model store pointer current unreadable");
+                None
+            }
+        };
         let bad = self
             .state
             .bad
