@@ -30,6 +30,12 @@ pub struct Config {
     /// The Prometheus metrics endpoint; absent means no metrics listener.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// Line monitoring alarms.
+    #[serde(default)]
+    pub monitor: MonitorSection,
+    /// Data drift against the bundle's baseline.
+    #[serde(default)]
+    pub drift: DriftSection,
     /// The inspection stations this box serves, one camera each.
     #[serde(default, rename = "station")]
     pub stations: Vec<StationSection>,
@@ -183,6 +189,68 @@ pub struct MetricsSection {
     pub listen: String,
 }
 
+/// Where a station's line running state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LineState {
+    /// The PLC publishes it on `<prefix>/<station>/line` (`running`/`stopped`, `1`/`0`);
+    /// until it does, the camera alarm waits.
+    Mqtt,
+    /// Every line always runs: the camera alarm judges at all times.
+    Always,
+}
+
+/// Line monitoring alarms (`[monitor]`), raised retained on `<prefix>/<station>/alarms/<alarm>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorSection {
+    /// Live outcomes per station the rates are taken over.
+    #[serde(default = "default_monitor_window")]
+    pub window_frames: usize,
+    /// Largest share of "no decision" results before `no_decision_rate` is raised.
+    #[serde(default = "default_no_decision_max")]
+    pub no_decision_max: f64,
+    /// Largest share of missing or unreadable frames before `invalid_input_rate` is raised.
+    #[serde(default = "default_invalid_input_max")]
+    pub invalid_input_max: f64,
+    /// Expected reject rate of decided frames, `[low, high]`; outside it `reject_rate` is
+    /// raised. Absent: no reject-rate alarm.
+    #[serde(default)]
+    pub reject_rate_band: Option<[f64; 2]>,
+    /// Seconds without a frame while the line runs before `camera_quiet` is raised; 0 is off.
+    #[serde(default = "default_camera_quiet_s")]
+    pub camera_quiet_s: u64,
+    /// Where the line's running state comes from: `mqtt` or `always`.
+    #[serde(default = "default_line_state")]
+    pub line_state: LineState,
+}
+
+/// Data drift against the bundle's baseline (`[drift]`): PSI over a sliding window, published
+/// retained on `<prefix>/<station>/drift` and raised as the `drift` alarm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSection {
+    /// Drift monitoring on.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Frames per station in the sliding window.
+    #[serde(default = "default_drift_window")]
+    pub window_frames: usize,
+    /// Frames between two evaluations of a full window.
+    #[serde(default = "default_drift_every")]
+    pub every_frames: usize,
+    /// PSI of any feature at or above which drift is raised.
+    #[serde(default = "default_psi_alarm")]
+    pub psi_alarm: f64,
+    /// PSI every feature must be below for drift to clear.
+    #[serde(default = "default_psi_clear")]
+    pub psi_clear: f64,
+    /// Features compared: `brightness`, `contrast`, `defect_score`, `reject_rate`. The last
+    /// two assume the line's class mix is the baseline's.
+    #[serde(default = "default_drift_features")]
+    pub features: Vec<String>,
+}
+
 /// What happens to a frame file once its decision is in the result log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -276,6 +344,39 @@ const fn default_results_max_entries() -> u64 {
 const fn default_results_max_age_h() -> u64 {
     7 * 24
 }
+const fn default_monitor_window() -> usize {
+    200
+}
+const fn default_no_decision_max() -> f64 {
+    0.05
+}
+const fn default_invalid_input_max() -> f64 {
+    0.02
+}
+const fn default_camera_quiet_s() -> u64 {
+    10
+}
+const fn default_line_state() -> LineState {
+    LineState::Mqtt
+}
+const fn default_drift_window() -> usize {
+    300
+}
+const fn default_drift_every() -> usize {
+    25
+}
+const fn default_psi_alarm() -> f64 {
+    0.25
+}
+const fn default_psi_clear() -> f64 {
+    0.1
+}
+fn default_drift_features() -> Vec<String> {
+    crate::monitor::drift::Feature::ALL
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect()
+}
 fn default_part_id_pattern() -> String {
     r"(?P<part>\d+)".to_owned()
 }
@@ -317,6 +418,66 @@ impl Default for MqttSection {
             password_file: None,
             tls: None,
         }
+    }
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection {
+            window_frames: default_monitor_window(),
+            no_decision_max: default_no_decision_max(),
+            invalid_input_max: default_invalid_input_max(),
+            reject_rate_band: None,
+            camera_quiet_s: default_camera_quiet_s(),
+            line_state: default_line_state(),
+        }
+    }
+}
+
+impl Default for DriftSection {
+    fn default() -> Self {
+        DriftSection {
+            enabled: true,
+            window_frames: default_drift_window(),
+            every_frames: default_drift_every(),
+            psi_alarm: default_psi_alarm(),
+            psi_clear: default_psi_clear(),
+            features: default_drift_features(),
+        }
+    }
+}
+
+impl MonitorSection {
+    /// The alarm limits this section sets.
+    pub fn alarm_settings(&self) -> crate::monitor::alarms::AlarmSettings {
+        crate::monitor::alarms::AlarmSettings {
+            window: self.window_frames,
+            no_decision_max: self.no_decision_max,
+            invalid_input_max: self.invalid_input_max,
+            reject_band: self.reject_rate_band.map(|[low, high]| (low, high)),
+            camera_quiet: (self.camera_quiet_s > 0)
+                .then(|| std::time::Duration::from_secs(self.camera_quiet_s)),
+        }
+    }
+}
+
+impl DriftSection {
+    /// The detector settings, `None` when drift monitoring is off. Feature names are checked
+    /// by the configuration; unknown ones are skipped here.
+    pub fn drift_settings(&self) -> Option<crate::monitor::drift::DriftSettings> {
+        use crate::monitor::drift::{DriftSettings, Feature};
+        self.enabled.then(|| DriftSettings {
+            window: self.window_frames,
+            every: self.every_frames,
+            psi_alarm: self.psi_alarm,
+            psi_clear: self.psi_clear,
+            features: self
+                .features
+                .iter()
+                .filter_map(|f| Feature::from_name(f))
+                .collect(),
+            ..DriftSettings::default()
+        })
     }
 }
 
@@ -415,6 +576,7 @@ impl Config {
         self.check_mqtt(&mut p);
         self.check_stations(&mut p);
         self.check_listeners(&mut p);
+        self.check_monitor(&mut p);
         if self.results.max_entries == 0 {
             p.add("results.max_entries", "must be at least 1");
         }
@@ -448,6 +610,70 @@ impl Config {
             && http.port() != 0
         {
             p.add("metrics.listen", format!("{metrics} is also http.listen"));
+        }
+    }
+
+    fn check_monitor(&self, p: &mut Problems) {
+        let m = &self.monitor;
+        if !(10..=100_000).contains(&m.window_frames) {
+            p.add(
+                "monitor.window_frames",
+                format!("{} is outside 10 to 100000", m.window_frames),
+            );
+        }
+        for (key, value) in [
+            ("monitor.no_decision_max", m.no_decision_max),
+            ("monitor.invalid_input_max", m.invalid_input_max),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                p.add(key, format!("{value} is outside 0 to 1"));
+            }
+        }
+        if let Some([low, high]) = m.reject_rate_band
+            && !(0.0 <= low && low < high && high <= 1.0)
+        {
+            p.add(
+                "monitor.reject_rate_band",
+                format!("[{low}, {high}] must be [low, high] with 0 <= low < high <= 1"),
+            );
+        }
+        let d = &self.drift;
+        if !d.enabled {
+            return;
+        }
+        if !(50..=100_000).contains(&d.window_frames) {
+            p.add(
+                "drift.window_frames",
+                format!("{} is outside 50 to 100000", d.window_frames),
+            );
+        }
+        if d.every_frames == 0 || d.every_frames > d.window_frames {
+            p.add(
+                "drift.every_frames",
+                "must be at least 1 and at most drift.window_frames",
+            );
+        }
+        if !(d.psi_clear > 0.0 && d.psi_clear <= d.psi_alarm && d.psi_alarm.is_finite()) {
+            p.add(
+                "drift.psi_clear",
+                format!(
+                    "{} must be above 0 and at most drift.psi_alarm ({})",
+                    d.psi_clear, d.psi_alarm
+                ),
+            );
+        }
+        if d.features.is_empty() {
+            p.add("drift.features", "must name at least one feature");
+        }
+        for name in &d.features {
+            if crate::monitor::drift::Feature::from_name(name).is_none() {
+                p.add(
+                    "drift.features",
+                    format!(
+                        "{name:?} is not one of brightness, contrast, defect_score, reject_rate"
+                    ),
+                );
+            }
         }
     }
 

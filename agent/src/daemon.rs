@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, LineState};
 use crate::health::Health;
 use crate::metrics::{self, Metrics};
+use crate::monitor::{self, MonitorSettings};
 use crate::pipeline::{OutputStage, Pipeline, spawn_output, spawn_workers};
 use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
@@ -87,15 +88,36 @@ pub async fn run(
     let health = Arc::new(Health::default());
     let recorded = Arc::new(Metrics::new(config.stations.iter().map(|s| s.id.as_str())));
     let client_id = client_id(&config);
+    let topics = crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix);
+    let (line_states, line_inbox) = tokio::sync::mpsc::unbounded_channel();
+    let inbox = (config.monitor.line_state == LineState::Mqtt && config.monitor.camera_quiet_s > 0)
+        .then(|| crate::mqtt::session::Inbox {
+            filters: vec![topics.line_filter()],
+            forward: line_states,
+        });
     let publisher = crate::mqtt::start(
         &config.mqtt,
         client_id,
         log.clone(),
         Arc::clone(&health),
         Arc::clone(&recorded),
+        inbox,
     )?;
 
     let slot = Arc::new(ModelSlot::default());
+    let station_ids: Vec<String> = config.stations.iter().map(|s| s.id.clone()).collect();
+    let monitor = monitor::start(
+        MonitorSettings {
+            alarms: config.monitor.alarm_settings(),
+            drift: config.drift.drift_settings(),
+            line_always_running: config.monitor.line_state == LineState::Always,
+        },
+        &station_ids,
+        topics,
+        Arc::clone(&slot),
+        publisher.clone(),
+        line_inbox,
+    );
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
     let (pipeline, parts) =
         Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
@@ -110,6 +132,7 @@ pub async fn run(
             slot: Arc::clone(&slot),
             log: log.clone(),
             pipeline: pipeline.clone(),
+            monitor: Some(Arc::clone(monitor.board())),
         };
         let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
         metrics_address = Some(address);
@@ -137,6 +160,7 @@ pub async fn run(
             publisher: publisher.clone(),
             health: Arc::clone(&health),
             pipeline: pipeline.clone(),
+            monitor: Some(monitor),
         },
         parts.outcomes,
     );

@@ -15,6 +15,8 @@
 //! - [`result_log`]: the local result log (sled) every outcome is written to first.
 //! - [`health`]: the `ready` flag and the counters behind it.
 //! - [`metrics`]: Prometheus metrics and their listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`monitor`]: line monitoring: alarms (no-decision and invalid-input rates, reject rate
+//!   band, camera quiet) and data drift against the bundle's baseline.
 //! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
@@ -32,6 +34,7 @@ pub mod demo;
 pub mod embedded;
 pub mod health;
 pub mod metrics;
+pub mod monitor;
 pub mod mqtt;
 pub mod outcome;
 pub mod pipeline;

@@ -33,6 +33,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 
 use crate::health::Health;
+use crate::monitor::{Board, BoardMetrics};
 use crate::outcome::{NoDecisionReason, Outcome};
 use crate::pipeline::Pipeline;
 use crate::result_log::ResultLog;
@@ -365,6 +366,8 @@ pub struct Sources {
     pub log: ResultLog,
     /// The pipeline (queue depth, frames in flight).
     pub pipeline: Pipeline,
+    /// Line monitoring: rates, alarms, drift scores.
+    pub monitor: Option<Arc<Board>>,
 }
 
 #[derive(Clone)]
@@ -391,13 +394,17 @@ pub async fn bind(
         slot,
         log,
         pipeline,
+        monitor,
     } = sources;
-    let registry = metrics.registry(Live {
+    let mut registry = metrics.registry(Live {
         health: Arc::clone(&health),
         slot,
         log,
         pipeline,
     });
+    if let Some(board) = monitor {
+        registry.register_collector(Box::new(BoardMetrics(board)));
+    }
     let router = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))

@@ -41,6 +41,13 @@ pub enum LinkEvent {
     Sent(u16),
     /// The broker acknowledged the QoS 1 publish with this packet id.
     Acked(u16),
+    /// A message arrived on a subscribed topic.
+    Received {
+        /// Its topic.
+        topic: String,
+        /// Its payload.
+        payload: Vec<u8>,
+    },
     /// The link was closed on request and stops.
     Closed,
 }
@@ -201,6 +208,23 @@ impl Link {
         }
     }
 
+    /// Queues a QoS 1 subscription without waiting (the event loop must keep running, so it
+    /// is never awaited from it).
+    pub fn try_subscribe(&self, filter: &str) -> Result<(), LinkError> {
+        let result = match &self.client {
+            Client::V5(client) => client
+                .try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V4(client) => client
+                .try_subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|reason| LinkError::NotQueued {
+            topic: filter.to_owned(),
+            reason,
+        })
+    }
+
     /// Asks for a clean MQTT disconnect (the broker then does not publish the Last Will).
     pub fn try_disconnect(&self) {
         let result = match &self.client {
@@ -287,6 +311,7 @@ enum Polled {
     ConnAck,
     Sent(u16),
     Acked(u16),
+    Message(String, Vec<u8>),
     Disconnected,
     Other,
 }
@@ -304,6 +329,10 @@ impl EventSource for rumqttc::v5::EventLoop {
         Ok(match self.poll().await.map_err(|e| e.to_string())? {
             Event::Incoming(v5b::Packet::ConnAck(_)) => Polled::ConnAck,
             Event::Incoming(v5b::Packet::PubAck(ack)) => Polled::Acked(ack.pkid),
+            Event::Incoming(v5b::Packet::Publish(publish)) => Polled::Message(
+                String::from_utf8_lossy(&publish.topic).into_owned(),
+                publish.payload.to_vec(),
+            ),
             Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
             Event::Outgoing(Outgoing::Disconnect) => Polled::Disconnected,
             _ => Polled::Other,
@@ -321,6 +350,9 @@ impl EventSource for rumqttc::EventLoop {
         Ok(match self.poll().await.map_err(|e| e.to_string())? {
             Event::Incoming(Packet::ConnAck(_)) => Polled::ConnAck,
             Event::Incoming(Packet::PubAck(ack)) => Polled::Acked(ack.pkid),
+            Event::Incoming(Packet::Publish(publish)) => {
+                Polled::Message(publish.topic, publish.payload.to_vec())
+            }
             Event::Outgoing(Outgoing::Publish(pkid)) => Polled::Sent(pkid),
             Event::Outgoing(Outgoing::Disconnect) => Polled::Disconnected,
             _ => Polled::Other,
@@ -362,6 +394,7 @@ async fn drive(
             }
             Ok(Polled::Acked(pkid)) => LinkEvent::Acked(pkid),
             Ok(Polled::Sent(pkid)) => LinkEvent::Sent(pkid),
+            Ok(Polled::Message(topic, payload)) => LinkEvent::Received { topic, payload },
             Ok(Polled::Disconnected) => {
                 closing_since = Some(tokio::time::Instant::now());
                 continue;

@@ -51,6 +51,26 @@ impl Topics {
     pub fn model(&self) -> String {
         format!("{}/model", self.prefix)
     }
+
+    /// `<prefix>/<station>/alarms/<alarm>`: retained state of one alarm.
+    pub fn alarm(&self, station: &str, alarm: &str) -> String {
+        format!("{}/{station}/alarms/{alarm}", self.prefix)
+    }
+
+    /// `<prefix>/<station>/drift`: retained latest drift evaluation.
+    pub fn drift(&self, station: &str) -> String {
+        format!("{}/{station}/drift", self.prefix)
+    }
+
+    /// `<prefix>/+/line`: the filter of the line states PLCs publish.
+    pub fn line_filter(&self) -> String {
+        format!("{}/+/line", self.prefix)
+    }
+
+    /// The prefix every topic starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 }
 
 /// The live decision a PLC acts on.
@@ -186,6 +206,60 @@ fn ascii(text: &str, max: usize) -> String {
         })
         .take(max)
         .collect()
+}
+
+/// An integer on the wire from a value and its scale (1000 for per-mille), rounded, never
+/// negative.
+fn scaled(value: f64, scale: f64) -> u64 {
+    if value.is_finite() && value > 0.0 {
+        // Clamped first, so the conversion cannot truncate.
+        (value * scale).round().min(u64::MAX as f64) as u64
+    } else {
+        0
+    }
+}
+
+/// Retained alarm state:
+/// `{"v":1,"alarm":"no_decision_rate","active":1,"value":120,"limit":50,"unit":"permille","n":200,"ts":...}`.
+/// Rates are per-mille of the window's `n` outcomes, `camera_quiet` is in seconds, `drift` is
+/// the worst feature's PSI in thousandths.
+pub fn alarm(event: &crate::monitor::alarms::AlarmEvent, ts_ms: u64) -> Vec<u8> {
+    let scale = match event.kind.unit() {
+        "s" => 1.0,
+        _ => 1000.0,
+    };
+    format!(
+        "{{\"v\":{SCHEMA_VERSION},\"alarm\":\"{}\",\"active\":{},\"value\":{},\"limit\":{},\"unit\":\"{}\",\"n\":{},\"ts\":{ts_ms}}}",
+        event.kind.name(),
+        u8::from(event.active),
+        scaled(event.value, scale),
+        scaled(event.limit, scale),
+        event.kind.unit(),
+        event.window,
+    )
+    .into_bytes()
+}
+
+/// Retained drift evaluation, flat, PSI in thousandths:
+/// `{"v":1,"drifting":0,"mv":1,"n":300,"brightness":12,"contrast":9,"defect_score":20,"reject_rate":1,"worst":"defect_score","ts":...}`.
+pub fn drift(
+    report: &crate::monitor::drift::DriftReport,
+    model_version: u64,
+    ts_ms: u64,
+) -> Vec<u8> {
+    let mut text = format!(
+        "{{\"v\":{SCHEMA_VERSION},\"drifting\":{},\"mv\":{model_version},\"n\":{}",
+        u8::from(report.drifting),
+        report.frames
+    );
+    for (feature, psi) in &report.psi {
+        text.push_str(&format!(",\"{}\":{}", feature.name(), scaled(*psi, 1000.0)));
+    }
+    if let Some((feature, _)) = report.worst() {
+        text.push_str(&format!(",\"worst\":\"{}\"", feature.name()));
+    }
+    text.push_str(&format!(",\"ts\":{ts_ms}}}"));
+    text.into_bytes()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! publishes, advancing the log's delivered cursor only on the broker's acknowledgements.
 //! It runs as one task; other components talk to it through a cloneable [`Publisher`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ enum Command {
     ResultsAvailable,
     Model(ModelInfo),
     ModelError(Option<String>),
+    Retained(Message),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -75,6 +76,18 @@ impl Publisher {
         let _ = self.tx.send(Command::ModelError(error));
     }
 
+    /// Publishes a retained state (an alarm, a drift evaluation) now when connected, and again
+    /// on every connect until the topic gets a newer state.
+    pub fn retained(&self, topic: String, payload: Vec<u8>) {
+        let _ = self.tx.send(Command::Retained(Message {
+            topic,
+            payload,
+            at_least_once: true,
+            retain: true,
+            expiry_s: None,
+        }));
+    }
+
     /// Publishes `offline`, disconnects cleanly and waits until done (or a short grace).
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
@@ -91,13 +104,23 @@ enum Tag {
     Result(u64),
 }
 
-/// Starts the session task.
+/// Messages the session receives: what it subscribes to, and where it forwards them.
+#[derive(Debug)]
+pub struct Inbox {
+    /// Topic filters subscribed on every connect.
+    pub filters: Vec<String>,
+    /// Receives `(topic, payload)` of every message that arrives.
+    pub forward: mpsc::UnboundedSender<(String, Vec<u8>)>,
+}
+
+/// Starts the session task; `inbox` subscribes and forwards incoming messages.
 pub fn start(
     mqtt: &MqttSection,
     client_id: String,
     log: ResultLog,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    inbox: Option<Inbox>,
 ) -> Result<Publisher, LinkError> {
     let topics = Topics::new(&mqtt.topic_prefix);
     let settings = LinkSettings {
@@ -122,6 +145,8 @@ pub fn start(
         last_queued: 0,
         model: None,
         model_error: None,
+        retained: BTreeMap::new(),
+        inbox,
         heartbeats: 0,
         shutdown: None,
         unreachable_since_warned: None,
@@ -154,6 +179,10 @@ struct Session {
     model: Option<ModelInfo>,
     /// The last model error, shown on the status.
     model_error: Option<String>,
+    /// Retained states by topic, re-published on every connect.
+    retained: BTreeMap<String, Message>,
+    /// Subscriptions and where their messages go.
+    inbox: Option<Inbox>,
     /// Heartbeats sent.
     heartbeats: u64,
     /// Set when a clean shutdown is under way.
@@ -230,6 +259,12 @@ impl Session {
                 }
             }
             Command::ResultsAvailable => self.fill_results(),
+            Command::Retained(message) => {
+                if self.connected {
+                    self.publish(message.clone(), Tag::Other);
+                }
+                self.retained.insert(message.topic.clone(), message);
+            }
             Command::Model(info) => {
                 self.model = Some(info);
                 self.publish_model();
@@ -272,6 +307,11 @@ impl Session {
                 self.reset_connection_state();
                 self.publish_status();
                 self.publish_model();
+                self.subscribe();
+                let states: Vec<Message> = self.retained.values().cloned().collect();
+                for message in states {
+                    self.publish(message, Tag::Other);
+                }
                 let held = std::mem::take(&mut self.held);
                 for (message, deadline, times) in held {
                     self.send_decision(message, deadline, times);
@@ -312,7 +352,22 @@ impl Session {
                     self.fill_results();
                 }
             }
+            LinkEvent::Received { topic, payload } => {
+                if let Some(inbox) = &self.inbox {
+                    let _ = inbox.forward.send((topic, payload));
+                }
+            }
             LinkEvent::Closed => {}
+        }
+    }
+
+    /// Subscribes the inbox's filters (every connection is a clean session).
+    fn subscribe(&mut self) {
+        let Some(inbox) = &self.inbox else { return };
+        for filter in &inbox.filters {
+            if let Err(error) = self.link.try_subscribe(filter) {
+                tracing::warn!(%error, "subscription not queued");
+            }
         }
     }
 

@@ -22,6 +22,7 @@ pub use output::{OutputStage, spawn_output};
 pub use worker::spawn_workers;
 
 use crate::metrics::{FrameTimes, Metrics};
+use crate::monitor::drift::FrameStats;
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
@@ -102,6 +103,8 @@ pub struct Emitted {
     pub deadline: Instant,
     /// When the frame arrived and its outcome was made, for the latency metrics.
     pub times: FrameTimes,
+    /// The frame's statistics for line monitoring, when the model ran on it.
+    pub stats: Option<FrameStats>,
 }
 
 /// Handle to submit frames; cheap to clone.
@@ -215,16 +218,18 @@ impl Pipeline {
         if !ticket.claim() {
             return;
         }
-        self.emit_live(no_decision_outcome(ticket, reason, detail), ticket);
+        self.emit_live(no_decision_outcome(ticket, reason, detail), ticket, None);
     }
 
-    /// Sends a claimed frame's live outcome to the output stage.
-    pub(crate) fn emit_live(&self, outcome: Outcome, ticket: &Ticket) {
+    /// Sends a claimed frame's live outcome, and its statistics when the model ran, to the
+    /// output stage.
+    pub(crate) fn emit_live(&self, outcome: Outcome, ticket: &Ticket, stats: Option<FrameStats>) {
         let emitted = Emitted {
             outcome,
             completion: ticket.take_completion(),
             deadline: ticket.deadline,
             times: ticket.times_now(),
+            stats,
         };
         if let Err(error) = self.emit.send(emitted) {
             // Only after the output stage stopped, at the very end of a shutdown.
@@ -237,12 +242,13 @@ impl Pipeline {
     }
 
     /// Sends a late model result to the output stage (logged, not published live).
-    pub(crate) fn emit_late(&self, outcome: Outcome, ticket: &Ticket) {
+    pub(crate) fn emit_late(&self, outcome: Outcome, ticket: &Ticket, stats: Option<FrameStats>) {
         let _ = self.emit.send(Emitted {
             outcome,
             completion: None,
             deadline: ticket.deadline,
             times: ticket.times_now(),
+            stats,
         });
     }
 

@@ -3,7 +3,8 @@
 //! This module owns the order that makes "nothing lost" true: outcomes are appended to the
 //! result log in batches (one flush per batch), and only then is the live decision published
 //! and the frame completed (the HTTP answer sent, the camera's file removed). Late model
-//! results are logged and forwarded on `results`, never published as live decisions.
+//! results are logged and forwarded on `results`, never published as live decisions. Every
+//! outcome is also handed to line monitoring, without waiting.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::{Emitted, Pipeline};
 use crate::health::Health;
+use crate::monitor::Monitor;
 use crate::mqtt::Publisher;
 use crate::result_log::ResultLog;
 
@@ -27,6 +29,8 @@ pub struct OutputStage {
     pub health: Arc<Health>,
     /// The pipeline, told when a frame is finished.
     pub pipeline: Pipeline,
+    /// Line monitoring, handed every outcome.
+    pub monitor: Option<Monitor>,
 }
 
 /// Runs the output stage until every sender of outcomes is gone.
@@ -79,9 +83,13 @@ impl OutputStage {
             completion,
             deadline,
             times,
+            stats,
         } = emitted;
         self.health.record(&outcome);
         self.pipeline.metrics().outcome(&outcome);
+        if let Some(monitor) = &self.monitor {
+            monitor.observe(&outcome, stats);
+        }
         if outcome.late {
             return;
         }

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
 
 use super::{Pipeline, Queued, Ticket, elapsed_ms};
+use crate::monitor::drift::FrameStats;
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
 use crate::serving::ModelSlot;
 
@@ -82,12 +83,13 @@ impl Worker {
             Ok(result) => {
                 self.pipeline.metrics().classified(&result.timings);
                 let mut outcome = decided(ticket, &model, &result);
+                let stats = Some(frame_stats(&model, &result));
                 if ticket.claim() {
-                    self.pipeline.emit_live(outcome, ticket);
+                    self.pipeline.emit_live(outcome, ticket, stats);
                 } else {
                     outcome.late = true;
                     tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
-                    self.pipeline.emit_late(outcome, ticket);
+                    self.pipeline.emit_late(outcome, ticket, stats);
                 }
             }
             Err(error) => {
@@ -118,6 +120,25 @@ impl Worker {
         self.classifier
             .as_mut()
             .ok_or_else(|| "classifier missing".to_owned())
+    }
+}
+
+/// The frame's statistics for drift monitoring: input brightness and contrast, the highest
+/// defect-class score, and whether it was rejected.
+fn frame_stats(model: &Model, result: &Classification) -> FrameStats {
+    let output = &model.manifest().output;
+    let defect_score = output
+        .labels
+        .iter()
+        .zip(&result.scores)
+        .filter(|(label, _)| output.defects.contains(label))
+        .map(|(_, score)| *score)
+        .fold(0.0f32, f32::max);
+    FrameStats {
+        brightness: result.input.brightness,
+        contrast: result.input.contrast,
+        defect_score,
+        rejected: result.decision.verdict == Verdict::Reject,
     }
 }
 

@@ -1,0 +1,335 @@
+//! Line monitoring: alarms that catch a broken line, and data drift against the baseline.
+//!
+//! This module owns the monitoring task. The output stage hands it every outcome (with the
+//! frame's input statistics when the model ran) through a bounded queue that never blocks
+//! the frame path: when the task falls behind, observations are dropped and counted. Per
+//! station the task keeps the rate alarms and the camera alarm (`alarms`), the line's running
+//! state from its PLC (`line`), and a drift detector against the baseline of the bundle that
+//! decided (`drift`), restarted whenever the model changes. Alarms go out retained on
+//! `P/S/alarms/<alarm>`, drift evaluations retained on `P/S/drift`, and everything is on the
+//! [`Board`] that the metrics endpoint reads.
+
+pub mod alarms;
+mod board;
+pub mod drift;
+pub mod line;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+pub use board::{Board, BoardMetrics};
+
+use self::alarms::{AlarmEvent, AlarmSettings, StationAlarms};
+use self::drift::{DriftDetector, DriftReport, DriftSettings, FrameStats};
+use crate::mqtt::Publisher;
+use crate::mqtt::payload::{self, Topics};
+use crate::outcome::{Outcome, unix_ms};
+use crate::serving::ModelSlot;
+
+/// Observations that may wait for the monitoring task.
+const QUEUE: usize = 4096;
+
+/// How often the cameras are judged.
+const CAMERA_TICK: Duration = Duration::from_secs(1);
+
+/// What the monitoring task is set up with.
+#[derive(Debug, Clone)]
+pub struct MonitorSettings {
+    /// Rate and camera alarm limits.
+    pub alarms: AlarmSettings,
+    /// Drift settings; `None` switches drift monitoring off.
+    pub drift: Option<DriftSettings>,
+    /// Treat every line as running (no line state from PLCs).
+    pub line_always_running: bool,
+}
+
+/// One outcome for the monitoring task.
+#[derive(Debug)]
+struct Observation {
+    outcome: Outcome,
+    stats: Option<FrameStats>,
+}
+
+/// Handle the output stage reports into; cheap to clone.
+#[derive(Clone)]
+pub struct Monitor {
+    tx: mpsc::Sender<Observation>,
+    board: Arc<Board>,
+}
+
+impl Monitor {
+    /// Hands an outcome to the monitoring task without waiting; counted as dropped when the
+    /// task is behind.
+    pub fn observe(&self, outcome: &Outcome, stats: Option<FrameStats>) {
+        let observation = Observation {
+            outcome: outcome.clone(),
+            stats,
+        };
+        if self.tx.try_send(observation).is_err() {
+            self.board.count_dropped();
+        }
+    }
+
+    /// What the metrics endpoint reads.
+    pub fn board(&self) -> &Arc<Board> {
+        &self.board
+    }
+}
+
+/// Starts the monitoring task for `stations`. `line_states` carries `(topic, payload)` of the
+/// line-state messages from the MQTT session.
+pub fn start(
+    settings: MonitorSettings,
+    stations: &[String],
+    topics: Topics,
+    slot: Arc<ModelSlot>,
+    publisher: Publisher,
+    line_states: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) -> Monitor {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let board = Arc::new(Board::new(stations));
+    let now = Instant::now();
+    let watches = stations
+        .iter()
+        .map(|id| {
+            let watch = StationWatch {
+                alarms: StationAlarms::new(settings.alarms.clone()),
+                drift: None,
+                last_frame: None,
+                quiet_since: now,
+                running: settings.line_always_running.then_some(true),
+            };
+            (id.clone(), watch)
+        })
+        .collect();
+    let task = Task {
+        settings,
+        topics,
+        slot,
+        publisher,
+        board: Arc::clone(&board),
+        watches,
+    };
+    tokio::spawn(task.run(rx, line_states));
+    Monitor { tx, board }
+}
+
+/// One station's monitoring state.
+struct StationWatch {
+    alarms: StationAlarms,
+    /// The detector and the `model_version` whose baseline it compares with.
+    drift: Option<(u64, DriftDetector)>,
+    /// When the last frame arrived.
+    last_frame: Option<Instant>,
+    /// Quiet time counts from here: the last frame, or the line starting to run.
+    quiet_since: Instant,
+    /// The line runs; `None` until its PLC said.
+    running: Option<bool>,
+}
+
+struct Task {
+    settings: MonitorSettings,
+    topics: Topics,
+    slot: Arc<ModelSlot>,
+    publisher: Publisher,
+    board: Arc<Board>,
+    watches: BTreeMap<String, StationWatch>,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut observations: mpsc::Receiver<Observation>,
+        mut line_states: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        let mut ticker = tokio::time::interval(CAMERA_TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut line_open = true;
+        loop {
+            tokio::select! {
+                observation = observations.recv() => match observation {
+                    Some(observation) => self.observe(observation),
+                    None => return,
+                },
+                message = line_states.recv(), if line_open => match message {
+                    Some((topic, payload)) => self.line_state(&topic, &payload),
+                    None => line_open = false,
+                },
+                _ = ticker.tick() => self.judge_cameras(),
+            }
+        }
+    }
+
+    fn observe(&mut self, observation: Observation) {
+        let Observation { outcome, stats } = observation;
+        let Some(watch) = self.watches.get_mut(&outcome.station) else {
+            return;
+        };
+        let mut events = Vec::new();
+        let mut report = None;
+        if !outcome.late {
+            let now = Instant::now();
+            watch.last_frame = Some(now);
+            watch.quiet_since = now;
+            events.extend(watch.camera_event(now));
+            events.extend(watch.alarms.record(&outcome));
+        }
+        if let (Some(settings), Some(stats)) = (&self.settings.drift, stats) {
+            let (reset, evaluated) =
+                watch.drift(&self.slot, settings, outcome.model_version, &stats);
+            events.extend(reset);
+            report = evaluated;
+        }
+        if let Some(report) = &report
+            && let Some(settings) = &self.settings.drift
+        {
+            let worst = report.worst().map_or(0.0, |w| w.1);
+            events.extend(watch.alarms.drift(
+                report.drifting,
+                worst,
+                settings.psi_alarm,
+                report.frames,
+            ));
+        }
+        self.board.update(&outcome.station, watch, report.as_ref());
+        let station = outcome.station.clone();
+        if let Some(report) = report {
+            self.publish_drift(&station, &report, outcome.model_version);
+        }
+        for event in events {
+            self.raise(&station, &event);
+        }
+    }
+
+    fn line_state(&mut self, topic: &str, payload: &[u8]) {
+        let Some(station) = line::station_of(topic, self.topics.prefix()) else {
+            return;
+        };
+        let Some(watch) = self.watches.get_mut(station) else {
+            tracing::debug!(topic, "line state of a station this agent does not serve");
+            return;
+        };
+        if self.settings.line_always_running {
+            return;
+        }
+        let Some(running) = line::parse_running(payload) else {
+            tracing::warn!(
+                topic,
+                payload = %String::from_utf8_lossy(payload),
+                "line state not understood; expected running/stopped, 1/0 or {{\"running\":1}}"
+            );
+            return;
+        };
+        if running && watch.running != Some(true) {
+            // Quiet time counts from the line starting, not from before it stopped.
+            watch.quiet_since = Instant::now();
+        }
+        watch.running = Some(running);
+        tracing::info!(station, running, "line state");
+        let event = watch.camera_event(Instant::now());
+        self.board.update(station, watch, None);
+        let station = station.to_owned();
+        if let Some(event) = event {
+            self.raise(&station, &event);
+        }
+    }
+
+    fn judge_cameras(&mut self) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for (station, watch) in &mut self.watches {
+            if let Some(event) = watch.camera_event(now) {
+                self.board.update(station, watch, None);
+                events.push((station.clone(), event));
+            }
+        }
+        for (station, event) in events {
+            self.raise(&station, &event);
+        }
+    }
+
+    fn raise(&self, station: &str, event: &AlarmEvent) {
+        if event.active {
+            tracing::warn!(
+                station,
+                alarm = event.kind.name(),
+                value = event.value,
+                limit = event.limit,
+                window = event.window,
+                "alarm raised"
+            );
+        } else {
+            tracing::info!(
+                station,
+                alarm = event.kind.name(),
+                value = event.value,
+                limit = event.limit,
+                "alarm cleared"
+            );
+        }
+        self.board.count_alarm(station, event);
+        self.publisher.retained(
+            self.topics.alarm(station, event.kind.name()),
+            payload::alarm(event, unix_ms()),
+        );
+    }
+
+    fn publish_drift(&self, station: &str, report: &DriftReport, model_version: u64) {
+        self.publisher.retained(
+            self.topics.drift(station),
+            payload::drift(report, model_version, unix_ms()),
+        );
+    }
+}
+
+impl StationWatch {
+    /// The camera alarm raised or cleared at `now`.
+    fn camera_event(&mut self, now: Instant) -> Option<AlarmEvent> {
+        let quiet_for = now.saturating_duration_since(self.quiet_since);
+        self.alarms.camera(quiet_for, self.running == Some(true))
+    }
+
+    /// Feeds the drift detector of the bundle that decided; a new bundle starts a new window
+    /// against its own baseline and clears the previous bundle's drift alarm (returned).
+    fn drift(
+        &mut self,
+        slot: &ModelSlot,
+        settings: &DriftSettings,
+        model_version: u64,
+        stats: &FrameStats,
+    ) -> (Option<AlarmEvent>, Option<DriftReport>) {
+        let mut reset = None;
+        if self
+            .drift
+            .as_ref()
+            .is_none_or(|(mv, _)| *mv != model_version)
+        {
+            let Some(model) = slot.current() else {
+                return (None, None);
+            };
+            let manifest = model.manifest();
+            if manifest.model_version != model_version {
+                // A frame of the previous bundle, decided just before the swap.
+                return (None, None);
+            }
+            tracing::info!(
+                model_version,
+                "drift window starts against the bundle's baseline"
+            );
+            self.drift = Some((
+                model_version,
+                DriftDetector::new(&manifest.baseline, settings.clone()),
+            ));
+            reset = self.alarms.drift(false, 0.0, settings.psi_alarm, 0);
+        }
+        let report = self
+            .drift
+            .as_mut()
+            .and_then(|(_, detector)| detector.observe(stats));
+        (reset, report)
+    }
+}
