@@ -2,8 +2,9 @@
 //!
 //! This module owns the one-shot command: it validates the bundle through the gate, classifies
 //! each file, and prints the decision, class, confidence and stage timings per file, as text
-//! or as one JSON object per line. A file that cannot be read or decoded is reported with its
-//! name and the reason, and the others are still classified.
+//! or as one JSON object per line (which also carries the model input's brightness and
+//! contrast). A file that cannot be read or decoded is reported with its name and the reason,
+//! and the others are still classified.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,12 +37,25 @@ pub struct FileOutcome {
     /// Score per label.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scores: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Statistics of the model input, as the drift monitor sees them (absent on error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSummary>,
     /// Stage timings in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timings_ms: Option<StageTimes>,
     /// Why the file could not be classified.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// Statistics of the model input image (after resize, before normalisation), on the 0-255
+/// scale: the per-frame values the drift monitor compares against the bundle's baseline.
+#[derive(Debug, Serialize)]
+pub struct InputSummary {
+    /// Mean pixel value.
+    pub brightness: f64,
+    /// Pixel standard deviation.
+    pub contrast: f64,
 }
 
 /// Stage timings in milliseconds.
@@ -128,6 +142,10 @@ fn success_outcome(
                 .map(|(l, s)| (l.clone(), serde_json::json!(round(f64::from(*s), 5))))
                 .collect(),
         ),
+        input: Some(InputSummary {
+            brightness: round(f64::from(result.input.brightness), 3),
+            contrast: round(f64::from(result.input.contrast), 3),
+        }),
         timings_ms: Some(StageTimes {
             read: ms(read),
             decode: ms(t.decode),
@@ -152,6 +170,7 @@ fn error_outcome(file: String, error: String) -> FileOutcome {
         class: None,
         confidence: None,
         scores: None,
+        input: None,
         timings_ms: None,
         error: Some(error),
     }

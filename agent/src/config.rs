@@ -360,10 +360,10 @@ const fn default_line_state() -> LineState {
     LineState::Mqtt
 }
 const fn default_drift_window() -> usize {
-    300
+    200
 }
 const fn default_drift_every() -> usize {
-    25
+    10
 }
 const fn default_psi_alarm() -> f64 {
     0.25

@@ -37,6 +37,8 @@ pub struct AgentSettings {
     pub mqtt_extra: String,
     /// Extra TOML appended to every `[station.hot_folder]`.
     pub hot_folder_extra: String,
+    /// Extra top-level TOML (tables such as `[monitor]`), appended at the end.
+    pub extra_toml: String,
     /// Extra environment variables of the process.
     pub env: Vec<(String, String)>,
     /// Run under a systemd-style watchdog of this many microseconds (`WATCHDOG_USEC`, with
@@ -61,6 +63,7 @@ impl AgentSettings {
             model_health_file: None,
             mqtt_extra: String::new(),
             hot_folder_extra: String::new(),
+            extra_toml: String::new(),
             env: Vec::new(),
             watchdog_usec: None,
         }
@@ -149,6 +152,7 @@ impl AgentProcess {
                 s.hot_folder_extra
             ));
         }
+        text.push_str(&s.extra_toml);
         text
     }
 

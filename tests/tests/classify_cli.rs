@@ -1,6 +1,6 @@
 //! `defect-agent classify` end to end on the shipped bundle and sample frames.
 
-use defect_e2e::{run, sample_frames, stderr, stdout};
+use defect_e2e::{repo_root, run, sample_frames, stderr, stdout};
 
 fn classify_json(
     extra: &[&str],
@@ -53,6 +53,24 @@ fn every_sample_frame_gets_its_labelled_decision() {
 #[test]
 fn every_sample_frame_gets_its_labelled_decision_with_full_decode() {
     assert_labelled_decisions(&["--full-decode"]);
+}
+
+#[test]
+fn json_output_carries_model_input_brightness_and_contrast() {
+    let frame = repo_root().join("models/samples/0001-good.jpg");
+    let (out, lines) = classify_json(&[], &[frame.display().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines.len(), 1, "one line per file");
+    let input = &lines[0]["input"];
+    for key in ["brightness", "contrast"] {
+        let value = input[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("input.{key} missing or not a number in {}", lines[0]));
+        assert!(
+            (0.0..=255.0).contains(&value),
+            "input.{key} = {value} is outside 0..=255"
+        );
+    }
 }
 
 #[test]
@@ -129,6 +147,10 @@ fn malformed_images_give_clear_errors_and_the_rest_is_still_classified() {
         assert!(
             line["file"].as_str().is_some_and(|f| f.ends_with(name)),
             "{line}"
+        );
+        assert!(
+            line.get("input").is_none(),
+            "{name}: no input statistics on error: {line}"
         );
         let error = line["error"].as_str().unwrap_or_default();
         assert!(

@@ -92,12 +92,12 @@ pub struct DriftSettings {
 impl Default for DriftSettings {
     fn default() -> Self {
         DriftSettings {
-            window: 300,
-            every: 25,
+            window: 200,
+            every: 10,
             psi_alarm: 0.25,
             psi_clear: 0.1,
             features: Feature::ALL.to_vec(),
-            min_bin_share: 0.05,
+            min_bin_share: 0.1,
         }
     }
 }
@@ -113,6 +113,8 @@ pub struct DriftReport {
     pub changed: bool,
     /// Frames in the window.
     pub frames: usize,
+    /// Frames observed since the detector started (since its bundle went into service).
+    pub seen: u64,
 }
 
 impl DriftReport {
@@ -221,6 +223,7 @@ pub struct DriftDetector {
     /// Bin index per tracked feature of each frame in the window, oldest first.
     window: VecDeque<Vec<usize>>,
     since_evaluation: usize,
+    seen: u64,
     drifting: bool,
 }
 
@@ -255,6 +258,7 @@ impl DriftDetector {
             settings,
             tracked,
             since_evaluation: 0,
+            seen: 0,
             drifting: false,
         }
     }
@@ -289,6 +293,7 @@ impl DriftDetector {
             }
         }
         self.since_evaluation += 1;
+        self.seen += 1;
         if self.window.len() < self.settings.window || self.since_evaluation < self.settings.every {
             return None;
         }
@@ -313,6 +318,7 @@ impl DriftDetector {
             drifting: self.drifting,
             changed: before != self.drifting,
             frames: self.window.len(),
+            seen: self.seen,
         }
     }
 }

@@ -241,16 +241,18 @@ pub fn alarm(event: &crate::monitor::alarms::AlarmEvent, ts_ms: u64) -> Vec<u8> 
 }
 
 /// Retained drift evaluation, flat, PSI in thousandths:
-/// `{"v":1,"drifting":0,"mv":1,"n":300,"brightness":12,"contrast":9,"defect_score":20,"reject_rate":1,"worst":"defect_score","ts":...}`.
+/// `n` frames in the window, `seen` frames since the bundle went into service:
+/// `{"v":1,"drifting":0,"mv":1,"n":300,"seen":1200,"brightness":12,"contrast":9,"defect_score":20,"reject_rate":1,"worst":"defect_score","ts":...}`.
 pub fn drift(
     report: &crate::monitor::drift::DriftReport,
     model_version: u64,
     ts_ms: u64,
 ) -> Vec<u8> {
     let mut text = format!(
-        "{{\"v\":{SCHEMA_VERSION},\"drifting\":{},\"mv\":{model_version},\"n\":{}",
+        "{{\"v\":{SCHEMA_VERSION},\"drifting\":{},\"mv\":{model_version},\"n\":{},\"seen\":{}",
         u8::from(report.drifting),
-        report.frames
+        report.frames,
+        report.seen
     );
     for (feature, psi) in &report.psi {
         text.push_str(&format!(",\"{}\":{}", feature.name(), scaled(*psi, 1000.0)));
