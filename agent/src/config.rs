@@ -36,6 +36,9 @@ pub struct Config {
     /// Data drift against the bundle's baseline.
     #[serde(default)]
     pub drift: DriftSection,
+    /// Data capture for retraining; off unless `enabled`.
+    #[serde(default)]
+    pub capture: CaptureSection,
     /// The inspection stations this box serves, one camera each.
     #[serde(default, rename = "station")]
     pub stations: Vec<StationSection>,
@@ -251,6 +254,54 @@ pub struct DriftSection {
     pub features: Vec<String>,
 }
 
+/// Data capture for retraining (`[capture]`): decided frames sampled into a bounded local
+/// store, uploaded to a central server when one is configured and allowed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSection {
+    /// Capture on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The store's folder; absent means `<agent.state_dir>/capture`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Most image bytes kept.
+    #[serde(default = "default_capture_max_bytes")]
+    pub max_bytes: u64,
+    /// Keep a frame whose defect score is within this of its class's reject threshold.
+    #[serde(default = "default_uncertain_margin")]
+    pub uncertain_margin: f32,
+    /// Share of frames kept while the station's drift alarm is raised.
+    #[serde(default = "default_drift_fraction")]
+    pub drift_fraction: f64,
+    /// Share of the other frames kept at random.
+    #[serde(default = "default_random_fraction")]
+    pub random_fraction: f64,
+    /// Keep every reject.
+    #[serde(default)]
+    pub every_reject: bool,
+    /// Privacy switch: no frame ever leaves the device, whatever `[capture.upload]` says.
+    #[serde(default)]
+    pub keep_on_device: bool,
+    /// The central server frames are uploaded to; absent keeps them on the device.
+    #[serde(default)]
+    pub upload: Option<UploadSection>,
+}
+
+/// Upload of captured frames (`[capture.upload]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadSection {
+    /// Base URL of the capture receiver, such as `https://central.example/v1/capture`.
+    pub url: String,
+    /// Seconds between upload rounds.
+    #[serde(default = "default_upload_interval_s")]
+    pub interval_s: f64,
+    /// Most bytes per second sent.
+    #[serde(default = "default_upload_rate")]
+    pub max_bytes_per_second: u64,
+}
+
 /// What happens to a frame file once its decision is in the result log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -344,6 +395,24 @@ const fn default_results_max_entries() -> u64 {
 const fn default_results_max_age_h() -> u64 {
     7 * 24
 }
+const fn default_capture_max_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+const fn default_uncertain_margin() -> f32 {
+    0.1
+}
+const fn default_drift_fraction() -> f64 {
+    0.1
+}
+const fn default_random_fraction() -> f64 {
+    0.001
+}
+const fn default_upload_interval_s() -> f64 {
+    60.0
+}
+const fn default_upload_rate() -> u64 {
+    1_000_000
+}
 const fn default_monitor_window() -> usize {
     200
 }
@@ -418,6 +487,57 @@ impl Default for MqttSection {
             password_file: None,
             tls: None,
         }
+    }
+}
+
+impl Default for CaptureSection {
+    fn default() -> Self {
+        CaptureSection {
+            enabled: false,
+            dir: None,
+            max_bytes: default_capture_max_bytes(),
+            uncertain_margin: default_uncertain_margin(),
+            drift_fraction: default_drift_fraction(),
+            random_fraction: default_random_fraction(),
+            every_reject: false,
+            keep_on_device: false,
+            upload: None,
+        }
+    }
+}
+
+impl Config {
+    /// The capture settings, `None` when capture is off.
+    pub fn capture_settings(&self) -> Option<crate::capture::CaptureSettings> {
+        let c = &self.capture;
+        if !c.enabled {
+            return None;
+        }
+        Some(crate::capture::CaptureSettings {
+            dir: self.capture_dir(),
+            max_bytes: c.max_bytes,
+            rules: crate::capture::sampler::SamplingRules {
+                uncertain_margin: c.uncertain_margin,
+                drift_fraction: c.drift_fraction,
+                random_fraction: c.random_fraction,
+                every_reject: c.every_reject,
+            },
+            upload: c.upload.as_ref().filter(|_| !c.keep_on_device).map(|u| {
+                crate::capture::upload::UploadSettings {
+                    url: u.url.clone(),
+                    interval: std::time::Duration::from_secs_f64(u.interval_s),
+                    max_bytes_per_second: u.max_bytes_per_second,
+                }
+            }),
+        })
+    }
+
+    /// The capture store's folder.
+    pub fn capture_dir(&self) -> PathBuf {
+        self.capture
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.agent.state_dir.join("capture"))
     }
 }
 
@@ -577,6 +697,7 @@ impl Config {
         self.check_stations(&mut p);
         self.check_listeners(&mut p);
         self.check_monitor(&mut p);
+        self.check_capture(&mut p);
         if self.results.max_entries == 0 {
             p.add("results.max_entries", "must be at least 1");
         }
@@ -610,6 +731,52 @@ impl Config {
             && http.port() != 0
         {
             p.add("metrics.listen", format!("{metrics} is also http.listen"));
+        }
+    }
+
+    fn check_capture(&self, p: &mut Problems) {
+        let c = &self.capture;
+        if c.max_bytes < 1024 * 1024 {
+            p.add("capture.max_bytes", "must be at least 1048576 (1 MiB)");
+        }
+        if !(0.0..=1.0).contains(&c.uncertain_margin) {
+            p.add(
+                "capture.uncertain_margin",
+                format!("{} is outside 0 to 1", c.uncertain_margin),
+            );
+        }
+        for (key, value) in [
+            ("capture.drift_fraction", c.drift_fraction),
+            ("capture.random_fraction", c.random_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                p.add(key, format!("{value} is outside 0 to 1"));
+            }
+        }
+        if let Some(dir) = &c.dir
+            && dir.as_os_str().is_empty()
+        {
+            p.add("capture.dir", "must not be empty when given");
+        }
+        if let Some(upload) = &c.upload {
+            if !(upload.url.starts_with("http://") || upload.url.starts_with("https://")) {
+                p.add(
+                    "capture.upload.url",
+                    format!("{:?} is not an http:// or https:// URL", upload.url),
+                );
+            }
+            if !(upload.interval_s.is_finite() && (0.05..=86_400.0).contains(&upload.interval_s)) {
+                p.add(
+                    "capture.upload.interval_s",
+                    format!("{} is outside 0.05 to 86400", upload.interval_s),
+                );
+            }
+            if upload.max_bytes_per_second < 1024 {
+                p.add(
+                    "capture.upload.max_bytes_per_second",
+                    "must be at least 1024",
+                );
+            }
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::capture::Capture;
 use crate::config::{Config, LineState};
 use crate::health::Health;
 use crate::metrics::{self, Metrics};
@@ -51,6 +52,9 @@ pub enum DaemonError {
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    /// The capture store could not be opened.
+    #[error(transparent)]
+    Capture(#[from] crate::capture::store::CaptureError),
     /// A worker thread could not be started.
     #[error("cannot start inference workers: {0}")]
     Workers(std::io::Error),
@@ -118,6 +122,11 @@ pub async fn run(
         publisher.clone(),
         line_inbox,
     );
+    let capture_settings = config.capture_settings();
+    let capture = match &capture_settings {
+        Some(settings) => Some(Capture::start(settings, Some(Arc::clone(monitor.board())))?),
+        None => None,
+    };
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
     let (pipeline, parts) =
         Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
@@ -133,6 +142,7 @@ pub async fn run(
             log: log.clone(),
             pipeline: pipeline.clone(),
             monitor: Some(Arc::clone(monitor.board())),
+            capture: capture.as_ref().map(|c| Arc::clone(c.shared())),
         };
         let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
         metrics_address = Some(address);
@@ -151,6 +161,7 @@ pub async fn run(
         &pipeline,
         &slot,
         config.agent.dct_scaling,
+        capture.as_ref(),
     )
     .map_err(DaemonError::Workers)?;
     drop(parts.queue);
@@ -178,6 +189,15 @@ pub async fn run(
         )));
     }
     background.push(tokio::spawn(retention(log.clone())));
+    if let (Some(capture), Some(upload)) = (
+        &capture,
+        capture_settings.as_ref().and_then(|s| s.upload.clone()),
+    ) {
+        background.push(tokio::spawn(crate::capture::upload::run(
+            Arc::clone(capture.shared()),
+            upload,
+        )));
+    }
     background.push(tokio::spawn(watchdog(
         pipeline.clone(),
         Arc::clone(&health),

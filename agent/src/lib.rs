@@ -20,6 +20,8 @@
 //! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
+//! - [`capture`]: frames kept for retraining: sampling, the bounded store, the resumable
+//!   upload and its central receiver, the export for training scripts.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.
 //! - [`demo`]: `defect-agent demo`: the whole path on a fresh machine, with an embedded broker.
 //!
@@ -27,6 +29,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod classify;
 pub mod config;
 pub mod daemon;

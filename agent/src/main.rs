@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use defect_agent::config::Config;
 use defect_agent::serving::ModelSource;
-use defect_agent::{classify, daemon, demo, embedded};
+use defect_agent::{capture, classify, daemon, demo, embedded};
 use defect_models::{Bundle, gate};
 
 /// Exit code of a configuration that cannot be used (EX_CONFIG).
@@ -67,6 +67,28 @@ enum Command {
         /// Decode every JPEG at full size instead of a reduced DCT scale.
         #[arg(long)]
         full_decode: bool,
+    },
+    /// Copy the captured frames into a new folder: one folder per decided class, plus
+    /// captured.csv with every frame's metadata and scores.
+    CaptureExport {
+        /// Configuration file whose capture store is exported.
+        #[arg(long, short, conflicts_with = "store")]
+        config: Option<PathBuf>,
+        /// The capture store folder itself.
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// New or empty folder to export into.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Receive captured frames from edge boxes (run on the central server).
+    CaptureServer {
+        /// Address and port to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: String,
+        /// Folder the frames are stored in, one folder per station.
+        #[arg(long)]
+        dir: PathBuf,
     },
 }
 
@@ -150,7 +172,48 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::CaptureExport { config, store, to } => {
+            init_logging("warn");
+            exit_with(capture_export(config, store, &to))
+        }
+        Command::CaptureServer { listen, dir } => {
+            init_logging("info");
+            exit_with(runtime().and_then(|rt| rt.block_on(capture_server(&listen, &dir))))
+        }
     }
+}
+
+fn capture_export(
+    config: Option<PathBuf>,
+    store: Option<PathBuf>,
+    to: &std::path::Path,
+) -> Result<()> {
+    let store = match (config, store) {
+        (_, Some(store)) => store,
+        (Some(config), None) => Config::load(&config)?.capture_dir(),
+        (None, None) => anyhow::bail!("give --config FILE or --store DIR"),
+    };
+    let summary = capture::export::export(&store, to)
+        .with_context(|| format!("exporting {}", store.display()))?;
+    println!(
+        "{} frame(s) from {} exported to {} (index {})",
+        summary.images,
+        store.display(),
+        to.display(),
+        summary.csv.display()
+    );
+    Ok(())
+}
+
+async fn capture_server(listen: &str, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, dir = %dir.display(), "receiving captured frames");
+    capture::receiver::serve(listener, dir)
+        .await
+        .context("capture server")
 }
 
 fn exit_with(result: Result<()>) -> ExitCode {

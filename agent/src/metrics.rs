@@ -32,6 +32,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 
+use crate::capture::{CaptureMetrics, CaptureShared};
 use crate::health::Health;
 use crate::monitor::{Board, BoardMetrics};
 use crate::outcome::{NoDecisionReason, Outcome};
@@ -368,6 +369,8 @@ pub struct Sources {
     pub pipeline: Pipeline,
     /// Line monitoring: rates, alarms, drift scores.
     pub monitor: Option<Arc<Board>>,
+    /// Data capture: store and upload counters.
+    pub capture: Option<Arc<CaptureShared>>,
 }
 
 #[derive(Clone)]
@@ -395,6 +398,7 @@ pub async fn bind(
         log,
         pipeline,
         monitor,
+        capture,
     } = sources;
     let mut registry = metrics.registry(Live {
         health: Arc::clone(&health),
@@ -404,6 +408,9 @@ pub async fn bind(
     });
     if let Some(board) = monitor {
         registry.register_collector(Box::new(BoardMetrics(board)));
+    }
+    if let Some(capture) = capture {
+        registry.register_collector(Box::new(CaptureMetrics(capture)));
     }
     let router = Router::new()
         .route("/metrics", get(scrape))

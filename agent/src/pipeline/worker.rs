@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
 
 use super::{Pipeline, Queued, Ticket, elapsed_ms};
+use crate::capture::Capture;
 use crate::monitor::drift::FrameStats;
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
 use crate::serving::ModelSlot;
@@ -23,6 +24,7 @@ pub fn spawn_workers(
     pipeline: &Pipeline,
     slot: &Arc<ModelSlot>,
     dct_scaling: bool,
+    capture: Option<&Capture>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..count)
         .map(|index| {
@@ -32,6 +34,7 @@ pub fn spawn_workers(
                 slot: Arc::clone(slot),
                 dct_scaling,
                 classifier: None,
+                capture: capture.cloned(),
             };
             std::thread::Builder::new()
                 .name(format!("inference-{index}"))
@@ -47,6 +50,8 @@ struct Worker {
     dct_scaling: bool,
     /// The classifier of the model this worker last ran.
     classifier: Option<Classifier>,
+    /// Data capture, offered every decided frame.
+    capture: Option<Capture>,
 }
 
 impl Worker {
@@ -56,7 +61,7 @@ impl Worker {
         }
     }
 
-    fn decide(&mut self, frame: Queued) {
+    fn decide(&mut self, mut frame: Queued) {
         let ticket = &frame.ticket;
         if ticket.is_claimed() {
             // Its deadline passed while it waited; "no decision" is already out.
@@ -84,12 +89,25 @@ impl Worker {
                 self.pipeline.metrics().classified(&result.timings);
                 let mut outcome = decided(ticket, &model, &result);
                 let stats = Some(frame_stats(&model, &result));
-                if ticket.claim() {
+                let live = ticket.claim();
+                if live {
                     self.pipeline.emit_live(outcome, ticket, stats);
                 } else {
                     outcome.late = true;
                     tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
                     self.pipeline.emit_late(outcome, ticket, stats);
+                }
+                // After the outcome is on its way: capture never delays a decision.
+                if let Some(capture) = &self.capture {
+                    let bytes = std::mem::take(&mut frame.bytes);
+                    capture.offer(
+                        &ticket.station,
+                        ticket.part,
+                        ticket.acquired_ms,
+                        &model,
+                        &result,
+                        bytes,
+                    );
                 }
             }
             Err(error) => {
