@@ -8,6 +8,7 @@
 pub mod agent_process;
 pub mod broker;
 pub mod bundles;
+pub mod capture_server;
 pub mod crash_fixture;
 pub mod hot_swap;
 pub mod python_tuf;

@@ -64,8 +64,8 @@ pub fn export(store_dir: &Path, to: &Path) -> Result<ExportSummary, ExportError>
     {
         return Err(ExportError::NotEmpty(to.to_owned()));
     }
-    // Opened with a cap no export reaches, so nothing is evicted.
-    let store = CaptureStore::open(store_dir, u64::MAX, false)?;
+    // Read only: the agent may be writing to the store meanwhile.
+    let store = CaptureStore::read_only(store_dir)?;
     let items = store.list()?;
     let labels: Vec<String> = items
         .first()

@@ -168,6 +168,21 @@ impl CaptureStore {
     /// items.
     pub fn open(dir: &Path, cap: u64, evict_pending: bool) -> Result<CaptureStore, CaptureError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Self::index(dir, cap, evict_pending, true)
+    }
+
+    /// Indexes the complete items of the store in `dir` without changing anything, for
+    /// reading while the agent runs (an export).
+    pub fn read_only(dir: &Path) -> Result<CaptureStore, CaptureError> {
+        Self::index(dir, u64::MAX, false, false)
+    }
+
+    fn index(
+        dir: &Path,
+        cap: u64,
+        evict_pending: bool,
+        clean: bool,
+    ) -> Result<CaptureStore, CaptureError> {
         let mut metas = BTreeMap::new();
         let mut others = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(io(dir))? {
@@ -199,14 +214,15 @@ impl CaptureStore {
                     keep.insert(format!("{id}.json"));
                     keep.insert(format!("{id}.uploaded"));
                 }
-                Ok(_) | Err(_) => {
+                Ok(_) | Err(_) if clean => {
                     tracing::warn!(file = %path.display(), "incomplete captured item removed");
                     let _ = std::fs::remove_file(path);
                 }
+                Ok(_) | Err(_) => {}
             }
         }
         for (name, path) in others {
-            if !keep.contains(&name) {
+            if clean && !keep.contains(&name) {
                 tracing::info!(file = %path.display(), "leftover capture file removed");
                 let _ = std::fs::remove_file(&path);
             }
