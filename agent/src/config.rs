@@ -248,8 +248,8 @@ pub struct DriftSection {
     /// PSI every feature must be below for drift to clear.
     #[serde(default = "default_psi_clear")]
     pub psi_clear: f64,
-    /// Features compared: `brightness`, `contrast`, `defect_score`, `reject_rate`. The last
-    /// two assume the line's class mix is the baseline's.
+    /// Features compared: `brightness`, `contrast` (the default), `defect_score`,
+    /// `reject_rate`. The last two assume the line's class mix is the baseline's.
     #[serde(default = "default_drift_features")]
     pub features: Vec<String>,
 }
@@ -441,7 +441,8 @@ const fn default_psi_clear() -> f64 {
     0.1
 }
 fn default_drift_features() -> Vec<String> {
-    crate::monitor::drift::Feature::ALL
+    crate::monitor::drift::DriftSettings::default()
+        .features
         .iter()
         .map(|f| f.name().to_owned())
         .collect()

@@ -6,7 +6,7 @@
 //! These tests state the detector's two figures: its false-alarm rate on a long run of normal
 //! frames, and its delay, in frames, from the lighting failing to drift being raised.
 
-use defect_agent::monitor::drift::{DriftDetector, DriftSettings, FrameStats};
+use defect_agent::monitor::drift::{DriftDetector, DriftSettings, Feature, FrameStats};
 use defect_models::Manifest;
 
 fn repo() -> std::path::PathBuf {
@@ -42,7 +42,12 @@ fn detector() -> DriftDetector {
     let path = repo().join("models/shipped/manifest.toml");
     let text = std::fs::read_to_string(&path).expect("shipped manifest");
     let manifest = Manifest::from_toml(&text).expect("manifest parses");
-    DriftDetector::new(&manifest.baseline, DriftSettings::default())
+    // Every feature: the fixture has the class mix of the baseline.
+    let settings = DriftSettings {
+        features: Feature::ALL.to_vec(),
+        ..DriftSettings::default()
+    };
+    DriftDetector::new(&manifest.baseline, settings)
 }
 
 #[test]

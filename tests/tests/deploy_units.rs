@@ -735,8 +735,13 @@ fn the_broker_acl_lets_each_user_publish_only_its_own_topics() {
     let ops = BrokerUser::connect(broker.port, "ops", password("ops"));
     let announce = format!("{PREFIX}/updater/announce");
 
-    let cases: [(&str, &str, bool); 16] = [
+    let cases: [(&str, &str, bool); 21] = [
         ("vision-line3", "status", true),
+        ("vision-line3", "cam1/alarms/camera_quiet", true),
+        ("vision-line3", "cam2/drift", true),
+        ("vision-line3", "cam1/line", false),
+        ("plc-line3", "cam1/line", true),
+        ("plc-line3", "cam1/alarms/drift", false),
         ("vision-line3", "heartbeat", true),
         ("vision-line3", "model", true),
         ("vision-line3", "cam1/decision", true),
@@ -797,6 +802,7 @@ fn the_real_agent_publishes_through_the_acl_and_the_plc_reads_it() {
         "username = \"vision-line3\"\npassword_file = {:?}\n",
         dir.path().join("password")
     );
+    settings.extra_toml = "[monitor]\ncamera_quiet_s = 1\n".into();
     let agent = AgentProcess::start(settings);
     let (frame, _) = sample_frames().into_iter().next().expect("a sample frame");
     let name = format!(
@@ -831,5 +837,28 @@ fn the_real_agent_publishes_through_the_acl_and_the_plc_reads_it() {
             assert_eq!(decision["part"], 42, "{decision}");
         }
         needed.retain(|t| *t != p.topic);
+    }
+
+    // The PLC says the line runs; the agent reads it through the ACL, and publishes its
+    // camera alarm a second later since no frame follows.
+    plc.publish(&format!("{PREFIX}/cam1/line"), "running");
+    let alarm = format!("{PREFIX}/cam1/alarms/camera_quiet");
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < until,
+            "the PLC never saw the camera alarm; agent log:\n{}",
+            agent.log()
+        );
+        let Ok(rumqttc::Packet::Publish(p)) = plc.packets.recv_timeout(Duration::from_secs(1))
+        else {
+            continue;
+        };
+        if p.topic == alarm {
+            let state: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON");
+            if state["active"] == 1 {
+                break;
+            }
+        }
     }
 }

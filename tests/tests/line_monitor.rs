@@ -18,12 +18,14 @@ use defect_models::store::Store;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// The alarm states seen on `alarms/<alarm>`, oldest first, as (active, value).
+/// The alarm states seen on `alarms/<alarm>` after the cleared state the agent publishes at
+/// start, oldest first, as (active, value).
 fn alarm_states(messages: &[Received], alarm: &str) -> Vec<(bool, u64)> {
     let end = format!("/alarms/{alarm}");
     messages
         .iter()
         .filter(|m| m.topic.ends_with(&end))
+        .skip(1)
         .map(|m| {
             let json = m.json();
             assert_eq!(json["alarm"], alarm, "{}", m.text);
@@ -196,7 +198,11 @@ fn a_reject_rate_outside_its_expected_band_raises_the_reject_rate_alarm() {
     );
     let states = alarm_states(&watcher.messages(), "reject_rate");
     assert_eq!(states, vec![(true, 800)], "24 of 30 rejected");
-    let alarm = watcher.on("alarms/reject_rate")[0].json();
+    let alarm = watcher
+        .on("alarms/reject_rate")
+        .last()
+        .expect("raised")
+        .json();
     assert_eq!(alarm["limit"], 300);
     assert_eq!(alarm["unit"], "permille");
     assert_eq!(alarm["n"], 30);
@@ -208,8 +214,13 @@ fn a_camera_gone_quiet_while_the_line_runs_raises_an_alarm_and_its_next_frame_cl
     let extra = "[monitor]\ncamera_quiet_s = 2\nline_state = \"mqtt\"\n[drift]\nenabled = false\n";
     let (agent, watcher, metrics) = start(&broker, extra, None);
     let line = format!("{}/cam1/line", agent.settings.prefix);
-    // The agent subscribes on connect; its status is published in the same step.
-    assert!(watcher.wait_until(WAIT, |m| count_on(m, "status") >= 1));
+    // The agent subscribes on connect, before it publishes its alarms' start states.
+    assert!(watcher.wait_until(WAIT, |m| count_on(m, "camera_quiet") >= 1));
+    let start = watcher.on("alarms/camera_quiet")[0].json();
+    assert_eq!(
+        (start["active"].as_u64(), start["limit"].as_u64()),
+        (Some(0), Some(2))
+    );
 
     // A stopped line is not judged, however long its camera is quiet.
     publish_once(broker.port, &line, b"stopped");
@@ -236,7 +247,12 @@ fn a_camera_gone_quiet_while_the_line_runs_raises_an_alarm_and_its_next_frame_cl
         quiet_for >= Duration::from_millis(1900) && quiet_for < Duration::from_secs(10),
         "raised {quiet_for:?} after the line started (limit 2 s, judged every second)"
     );
-    let raised = watcher.on("alarms/camera_quiet")[0].json();
+    let raised = watcher
+        .on("alarms/camera_quiet")
+        .iter()
+        .map(Received::json)
+        .find(|j| j["active"] == 1)
+        .expect("the raised state");
     assert_eq!(raised["unit"], "s");
     assert_eq!(raised["limit"], 2);
 
@@ -320,7 +336,8 @@ fn frames_darkened_as_under_poor_lighting_raise_drift_within_20_frames_and_norma
     store.activate(&sha).expect("activate");
 
     let broker = Mosquitto::start();
-    let extra = "[monitor]\ncamera_quiet_s = 0\n[drift]\nwindow_frames = 60\nevery_frames = 10\npsi_alarm = 0.25\npsi_clear = 0.1\n";
+    // Every frame decided while the station drifts is captured for retraining, no other.
+    let extra = "[monitor]\ncamera_quiet_s = 0\n[drift]\nwindow_frames = 60\nevery_frames = 10\npsi_alarm = 0.25\npsi_clear = 0.1\n[capture]\nenabled = true\nuncertain_margin = 0.0\nrandom_fraction = 0.0\ndrift_fraction = 1.0\n";
     let (agent, watcher, metrics) = start(&broker, extra, Some(dir.path()));
     let normal = samples();
     let dark: Vec<Vec<u8>> = normal.iter().map(|f| darkened(f)).collect();
@@ -337,10 +354,10 @@ fn frames_darkened_as_under_poor_lighting_raise_drift_within_20_frames_and_norma
     assert!(
         watcher.wait_until(WAIT, seen_120),
         "drift evaluations {:?}; agent log:\n{}",
-        watcher.on("drift"),
+        watcher.on("cam1/drift"),
         agent.log()
     );
-    let evaluations = watcher.on("drift");
+    let evaluations = watcher.on("cam1/drift");
     assert_eq!(evaluations.len(), 7, "{evaluations:?}");
     for evaluation in &evaluations {
         let json = evaluation.json();
@@ -354,10 +371,10 @@ fn frames_darkened_as_under_poor_lighting_raise_drift_within_20_frames_and_norma
     assert!(
         watcher.wait_until(WAIT, |m| is_raised(m, "drift")),
         "drift not raised by 30 dark frames; drift evaluations {:?}",
-        watcher.on("drift")
+        watcher.on("cam1/drift")
     );
     let first_drifting = watcher
-        .on("drift")
+        .on("cam1/drift")
         .into_iter()
         .map(|r| r.json())
         .find(|j| j["drifting"] == 1)
@@ -392,10 +409,10 @@ fn frames_darkened_as_under_poor_lighting_raise_drift_within_20_frames_and_norma
     assert!(
         watcher.wait_until(WAIT, |m| is_cleared_after_raise(m, "drift")),
         "drift not cleared by 90 normal frames; evaluations {:?}",
-        watcher.on("drift")
+        watcher.on("cam1/drift")
     );
     let cleared = watcher
-        .on("drift")
+        .on("cam1/drift")
         .into_iter()
         .map(|r| r.json())
         .filter(|j| j["seen"].as_u64() > Some(150))
@@ -407,4 +424,35 @@ fn frames_darkened_as_under_poor_lighting_raise_drift_within_20_frames_and_norma
         normal_frames <= 70,
         "cleared after {normal_frames} normal frames (window 60)"
     );
+
+    // Captured: the frames decided while drifting, at least the 50 normal ones before the
+    // clear (parts 151-200); none from before the dark frames (parts 1-120).
+    let scraped = scrape::wait_for(&metrics, "/metrics", WAIT, |r| {
+        Samples::parse(&r.body).sum("defect_agent_captured_frames_total", &[("reason", "drift")])
+            >= Some(50.0)
+    });
+    let captured = Samples::parse(&scraped.body);
+    assert_eq!(
+        captured.sum("defect_agent_captured_frames_total", &[]),
+        captured.sum("defect_agent_captured_frames_total", &[("reason", "drift")]),
+        "only drift captures"
+    );
+    let store = agent.state_dir().join("capture");
+    let parts: Vec<u64> = std::fs::read_dir(&store)
+        .expect("capture store")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("JSON");
+            assert_eq!(meta["reason"], "drift", "{meta}");
+            meta["part"].as_u64().expect("part")
+        })
+        .collect();
+    assert!(parts.len() >= 50, "{} captured", parts.len());
+    assert!(
+        parts.iter().all(|p| *p > 120),
+        "captured before the drift: {parts:?}"
+    );
+    assert!((151..=200).all(|p| parts.contains(&p)), "{parts:?}");
 }

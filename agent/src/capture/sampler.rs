@@ -60,3 +60,104 @@ impl SamplingRules {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use defect_models::Decision;
+    use defect_models::preprocess::InputStats;
+
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/shipped/manifest.toml"
+        );
+        let text = std::fs::read_to_string(path).expect("shipped manifest");
+        Manifest::from_toml(&text).expect("manifest")
+    }
+
+    /// A decision with these scores (good, scratch, dent, crack, stain); thresholds are 0.4.
+    fn result(scores: [f32; 5]) -> Classification {
+        let (class, confidence) = scores
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or((0, 0.0));
+        Classification {
+            scores: scores.to_vec(),
+            decision: Decision {
+                verdict: if class == 0 {
+                    Verdict::Pass
+                } else {
+                    Verdict::Reject
+                },
+                class,
+                confidence,
+            },
+            input: InputStats {
+                brightness: 90.0,
+                contrast: 40.0,
+            },
+            timings: defect_models::Timings::default(),
+        }
+    }
+
+    fn rules() -> SamplingRules {
+        SamplingRules {
+            uncertain_margin: 0.1,
+            drift_fraction: 0.0,
+            random_fraction: 0.0,
+            every_reject: false,
+        }
+    }
+
+    #[test]
+    fn a_defect_score_near_its_threshold_is_uncertain_a_clear_one_is_not() {
+        let m = manifest();
+        let mut rng = rand::rng();
+        let near = result([0.65, 0.35, 0.0, 0.0, 0.0]);
+        let clear = result([0.99, 0.01, 0.0, 0.0, 0.0]);
+        let clear_reject = result([0.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            rules().choose(&m, &near, false, &mut rng),
+            Some(CaptureReason::Uncertain)
+        );
+        assert_eq!(rules().choose(&m, &clear, false, &mut rng), None);
+        assert_eq!(rules().choose(&m, &clear_reject, false, &mut rng), None);
+        let every_reject = SamplingRules {
+            every_reject: true,
+            ..rules()
+        };
+        assert_eq!(
+            every_reject.choose(&m, &clear_reject, false, &mut rng),
+            Some(CaptureReason::Reject)
+        );
+    }
+
+    #[test]
+    fn drifting_frames_and_the_random_share_are_sampled_at_their_rates() {
+        let m = manifest();
+        let mut rng = rand::rng();
+        let clear = result([0.99, 0.01, 0.0, 0.0, 0.0]);
+        let drift = SamplingRules {
+            drift_fraction: 1.0,
+            ..rules()
+        };
+        assert_eq!(
+            drift.choose(&m, &clear, true, &mut rng),
+            Some(CaptureReason::Drift)
+        );
+        assert_eq!(drift.choose(&m, &clear, false, &mut rng), None);
+        let random = SamplingRules {
+            random_fraction: 0.25,
+            ..rules()
+        };
+        let kept = (0..4000)
+            .filter(|_| random.choose(&m, &clear, false, &mut rng).is_some())
+            .count();
+        // 1000 expected; 5 standard deviations is about 137.
+        assert!((850..=1150).contains(&kept), "{kept} of 4000 kept at 25 %");
+    }
+}

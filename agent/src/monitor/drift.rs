@@ -83,7 +83,8 @@ pub struct DriftSettings {
     pub psi_alarm: f64,
     /// PSI every feature must be below for drift to clear.
     pub psi_clear: f64,
-    /// Features compared.
+    /// Features compared; by default the input's brightness and contrast, which do not
+    /// depend on the line's class mix.
     pub features: Vec<Feature>,
     /// Smallest share of the baseline's frames a regrouped bin holds.
     pub min_bin_share: f64,
@@ -96,7 +97,7 @@ impl Default for DriftSettings {
             every: 10,
             psi_alarm: 0.25,
             psi_clear: 0.1,
-            features: Feature::ALL.to_vec(),
+            features: vec![Feature::Brightness, Feature::Contrast],
             min_bin_share: 0.1,
         }
     }
@@ -381,6 +382,7 @@ mod tests {
         DriftSettings {
             window: 100,
             every: 10,
+            features: Feature::ALL.to_vec(),
             ..DriftSettings::default()
         }
     }

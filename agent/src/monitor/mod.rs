@@ -6,7 +6,7 @@
 //! station the task keeps the rate alarms and the camera alarm (`alarms`), the line's running
 //! state from its PLC (`line`), and a drift detector against the baseline of the bundle that
 //! decided (`drift`), restarted whenever the model changes. Alarms go out retained on
-//! `P/S/alarms/<alarm>`, drift evaluations retained on `P/S/drift`, and everything is on the
+//! `P/S/alarms/<alarm>` (every one published cleared at start), drift evaluations retained on `P/S/drift`, and everything is on the
 //! [`Board`] that the metrics endpoint reads.
 
 pub mod alarms;
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 pub use board::{Board, BoardMetrics};
 
-use self::alarms::{AlarmEvent, AlarmSettings, StationAlarms};
+use self::alarms::{AlarmEvent, AlarmKind, AlarmSettings, StationAlarms};
 use self::drift::{DriftDetector, DriftReport, DriftSettings, FrameStats};
 use crate::mqtt::Publisher;
 use crate::mqtt::payload::{self, Topics};
@@ -148,6 +148,7 @@ impl Task {
     ) {
         let mut ticker = tokio::time::interval(CAMERA_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish_cleared_states();
         let mut line_open = true;
         loop {
             tokio::select! {
@@ -249,6 +250,34 @@ impl Task {
         }
         for (station, event) in events {
             self.raise(&station, &event);
+        }
+    }
+
+    /// Publishes every alarm of every station as cleared: at start nothing is raised, and a
+    /// state retained on the broker from before a restart must not stay raised.
+    fn publish_cleared_states(&self) {
+        let alarms = &self.settings.alarms;
+        for station in self.watches.keys() {
+            for kind in AlarmKind::ALL {
+                let limit = match kind {
+                    AlarmKind::NoDecisionRate => alarms.no_decision_max,
+                    AlarmKind::InvalidInputRate => alarms.invalid_input_max,
+                    AlarmKind::RejectRate => alarms.reject_band.map_or(0.0, |b| b.1),
+                    AlarmKind::CameraQuiet => alarms.camera_quiet.map_or(0.0, |d| d.as_secs_f64()),
+                    AlarmKind::Drift => self.settings.drift.as_ref().map_or(0.0, |d| d.psi_alarm),
+                };
+                let cleared = AlarmEvent {
+                    kind,
+                    active: false,
+                    value: 0.0,
+                    limit,
+                    window: 0,
+                };
+                self.publisher.retained(
+                    self.topics.alarm(station, kind.name()),
+                    payload::alarm(&cleared, unix_ms()),
+                );
+            }
         }
     }
 
