@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::canary::Canary;
 use crate::capture::Capture;
 use crate::config::{Config, LineState};
 use crate::health::Health;
@@ -122,6 +123,9 @@ pub async fn run(
         publisher.clone(),
         line_inbox,
     );
+    // Candidates come from the model store only.
+    let canary = matches!(model, ModelSource::Store(_))
+        .then(|| Arc::new(Canary::new(Some(state_dir.join("canary.json")))));
     let capture_settings = config.capture_settings();
     let capture = match &capture_settings {
         Some(settings) => Some(Capture::start(settings, Some(Arc::clone(monitor.board())))?),
@@ -143,6 +147,7 @@ pub async fn run(
             pipeline: pipeline.clone(),
             monitor: Some(Arc::clone(monitor.board())),
             capture: capture.as_ref().map(|c| Arc::clone(c.shared())),
+            canary: canary.clone(),
         };
         let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
         metrics_address = Some(address);
@@ -162,6 +167,7 @@ pub async fn run(
         &slot,
         config.agent.dct_scaling,
         capture.as_ref(),
+        canary.as_ref(),
     )
     .map_err(DaemonError::Workers)?;
     drop(parts.queue);
@@ -177,7 +183,7 @@ pub async fn run(
     );
 
     let mut background = Vec::new();
-    if let ModelSource::Store(root) = &model {
+    if let (ModelSource::Store(root), Some(canary)) = (&model, &canary) {
         background.push(tokio::spawn(serving::watch_store(
             root.clone(),
             watch_start,
@@ -186,6 +192,12 @@ pub async fn run(
             Arc::clone(&slot),
             Arc::clone(&health),
             publisher.clone(),
+            Arc::clone(canary),
+        )));
+        background.push(tokio::spawn(crate::canary::publish(
+            Arc::clone(canary),
+            publisher.clone(),
+            crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix).canary(),
         )));
     }
     background.push(tokio::spawn(retention(log.clone())));

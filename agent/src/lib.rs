@@ -20,6 +20,8 @@
 //! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
+//! - [`canary`]: a candidate bundle run in shadow beside the model in service, and the
+//!   evidence it earns (agreement, flips by direction, latency, skipped runs).
 //! - [`capture`]: frames kept for retraining: sampling, the bounded store, the resumable
 //!   upload and its central receiver, the export for training scripts.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.
@@ -29,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod capture;
 pub mod classify;
 pub mod config;

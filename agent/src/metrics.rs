@@ -32,6 +32,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::time::Instant;
 
+use crate::canary::{Canary, CanaryMetrics};
 use crate::capture::{CaptureMetrics, CaptureShared};
 use crate::health::Health;
 use crate::monitor::{Board, BoardMetrics};
@@ -371,6 +372,8 @@ pub struct Sources {
     pub monitor: Option<Arc<Board>>,
     /// Data capture: store and upload counters.
     pub capture: Option<Arc<CaptureShared>>,
+    /// The canary's evidence, when the model store is served.
+    pub canary: Option<Arc<Canary>>,
 }
 
 #[derive(Clone)]
@@ -399,6 +402,7 @@ pub async fn bind(
         pipeline,
         monitor,
         capture,
+        canary,
     } = sources;
     let mut registry = metrics.registry(Live {
         health: Arc::clone(&health),
@@ -411,6 +415,9 @@ pub async fn bind(
     }
     if let Some(capture) = capture {
         registry.register_collector(Box::new(CaptureMetrics(capture)));
+    }
+    if let Some(canary) = canary {
+        registry.register_collector(Box::new(CanaryMetrics(canary)));
     }
     let router = Router::new()
         .route("/metrics", get(scrape))

@@ -20,15 +20,17 @@ use defect_models::health::{self, HealthState, ModelHealth};
 use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
 
+use crate::canary::Canary;
 use crate::health::Health;
 use crate::mqtt::Publisher;
 use crate::mqtt::payload::ModelInfo;
 use crate::outcome::unix_ms;
 
-/// The model workers use; swapped as a whole.
+/// The model workers use, and the candidate they run in shadow; each swapped as a whole.
 #[derive(Debug, Default)]
 pub struct ModelSlot {
     model: RwLock<Option<Arc<Model>>>,
+    candidate: RwLock<Option<Arc<Model>>>,
 }
 
 impl ModelSlot {
@@ -41,6 +43,18 @@ impl ModelSlot {
     pub fn set(&self, model: Arc<Model>) {
         if let Ok(mut slot) = self.model.write() {
             *slot = Some(model);
+        }
+    }
+
+    /// The candidate running in shadow, if any.
+    pub fn candidate(&self) -> Option<Arc<Model>> {
+        self.candidate.read().ok().and_then(|m| m.clone())
+    }
+
+    /// Sets or clears the candidate run in shadow.
+    pub fn set_candidate(&self, model: Option<Arc<Model>>) {
+        if let Ok(mut slot) = self.candidate.write() {
+            *slot = model;
         }
     }
 }
@@ -307,8 +321,59 @@ pub struct WatchStart {
     pub refused: Option<String>,
 }
 
-/// Watches the store's `current` pointer and swaps in each new bundle that passes the gate.
-/// Each bundle's verdict goes to the health file `report`, if given.
+/// The store's `candidate` as the watcher last saw it.
+#[derive(Debug, Default)]
+struct CandidateSeen {
+    /// SHA-256 the pointer named at the last look (`Some(None)`: no candidate); `None`
+    /// before the first look, which always acts (resuming or clearing the evidence).
+    sha256: Option<Option<String>>,
+}
+
+/// Follows the store's `candidate` pointer: a new candidate is validated by the gate and run
+/// in shadow; a removed one, or one that became `current`, stops.
+async fn check_candidate(root: &Path, seen: &mut CandidateSeen, slot: &ModelSlot, canary: &Canary) {
+    let pointed = match Store::at(root).pointer(Pointer::Candidate) {
+        Ok(pointed) => pointed,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the model store's candidate pointer");
+            return;
+        }
+    };
+    let current = Store::at(root).pointer(Pointer::Current).ok().flatten();
+    let wanted = pointed.filter(|sha| Some(sha) != current.as_ref());
+    if seen.sha256.as_ref() == Some(&wanted) {
+        return;
+    }
+    seen.sha256 = Some(wanted.clone());
+    let Some(sha) = wanted else {
+        if slot.candidate().is_some() {
+            tracing::info!("canary ended: no candidate in the model store");
+        }
+        slot.set_candidate(None);
+        canary.end();
+        return;
+    };
+    let (store_root, candidate) = (root.to_owned(), sha.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || load_store_bundle(&store_root, &candidate, None)).await;
+    match loaded {
+        Ok(Ok((model, info))) => {
+            slot.set_candidate(Some(model));
+            canary.begin(&sha, info.mv);
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, sha256 = %sha, "candidate refused by the validation gate; it does not run");
+            slot.set_candidate(None);
+            canary.refused(&sha, 0);
+        }
+        Err(error) => tracing::error!(%error, "model loader failed"),
+    }
+}
+
+/// Watches the store's `current` pointer and swaps in each new bundle that passes the gate,
+/// and its `candidate` pointer for the bundle to run in shadow (`canary`). Each `current`
+/// bundle's verdict goes to the health file `report`, if given.
+#[allow(clippy::too_many_arguments)]
 pub async fn watch_store(
     root: PathBuf,
     start: WatchStart,
@@ -317,16 +382,19 @@ pub async fn watch_store(
     slot: Arc<ModelSlot>,
     health: Arc<Health>,
     publisher: Publisher,
+    canary: Arc<Canary>,
 ) {
     let store = Store::at(&root);
     let WatchStart {
         mut serving,
         mut refused,
     } = start;
+    let mut candidate = CandidateSeen::default();
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        check_candidate(&root, &mut candidate, &slot, &canary).await;
         let pointed = match store.pointer(Pointer::Current) {
             Ok(Some(sha)) => sha,
             Ok(None) => continue,

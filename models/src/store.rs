@@ -32,6 +32,8 @@ pub enum Pointer {
     Previous,
     /// The shipped bundle.
     Factory,
+    /// A bundle on probation: run in shadow beside `current`, deciding nothing.
+    Candidate,
 }
 
 impl Pointer {
@@ -41,6 +43,7 @@ impl Pointer {
             Pointer::Current => "current",
             Pointer::Previous => "previous",
             Pointer::Factory => "factory",
+            Pointer::Candidate => "candidate",
         }
     }
 }
@@ -185,6 +188,16 @@ impl Store {
         let path = self.root.join(pointer.file_name());
         fs::rename(&temporary, &path).map_err(io(&path))?;
         sync_dir(&self.root)
+    }
+
+    /// Removes a pointer (the bundle stays); removing an absent pointer is not an error.
+    pub fn clear_pointer(&self, pointer: Pointer) -> Result<(), StoreError> {
+        let path = self.root.join(pointer.file_name());
+        match fs::remove_file(&path) {
+            Ok(()) => sync_dir(&self.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     /// Makes `sha256` current and the old current previous.

@@ -243,7 +243,12 @@ pub fn recover(
 /// files were removed.
 pub fn collect_garbage(store: &Store, state: &UpdaterState) -> usize {
     let mut keep = BTreeSet::new();
-    for pointer in [Pointer::Current, Pointer::Previous, Pointer::Factory] {
+    for pointer in [
+        Pointer::Current,
+        Pointer::Previous,
+        Pointer::Factory,
+        Pointer::Candidate,
+    ] {
         if let Ok(Some(sha)) = store.pointer(pointer) {
             keep.insert(format!("{sha}.dmb"));
         }

@@ -1,7 +1,8 @@
 //! Data capture for retraining: sample decided frames into a bounded local store, upload
 //! them to a central server when it can be reached, export them for training scripts.
 //!
-//! - `sampler`: which frames to keep (uncertain, drifting, random, every reject).
+//! - `sampler`: which frames to keep (uncertain, drifting, random, every reject); frames the
+//!   canary candidate decided otherwise are always kept, with both models' scores.
 //! - `store`: the bounded on-disk store; nothing waiting for upload is ever evicted.
 //! - `upload`: resumable, rate-limited, idempotent upload to the central server.
 //! - `receiver`: the central server's side of that protocol (`defect-agent capture-server`).
@@ -27,7 +28,9 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
 use self::sampler::SamplingRules;
-use self::store::{CaptureError, CaptureMeta, CaptureReason, CaptureStore, NewCapture};
+use self::store::{
+    CandidateDecision, CaptureError, CaptureMeta, CaptureReason, CaptureStore, NewCapture,
+};
 use crate::monitor::Board;
 use crate::monitor::alarms::AlarmKind;
 use crate::outcome::unix_ms;
@@ -152,6 +155,61 @@ impl Capture {
         else {
             return;
         };
+        self.keep(
+            station,
+            part,
+            acquired_ms,
+            (model, result),
+            reason,
+            None,
+            bytes,
+        );
+    }
+
+    /// Keeps a frame the canary candidate decided otherwise, with both models' scores.
+    pub fn offer_disagreement(
+        &self,
+        station: &str,
+        part: u64,
+        acquired_ms: u64,
+        current: (&Model, &Classification),
+        candidate: (&Model, &Classification),
+        bytes: Vec<u8>,
+    ) {
+        let (model, result) = candidate;
+        let labels = &model.manifest().output.labels;
+        let decision = CandidateDecision {
+            model_version: model.manifest().model_version,
+            result: verdict_name(result.decision.verdict).to_owned(),
+            label: labels
+                .get(result.decision.class)
+                .cloned()
+                .unwrap_or_default(),
+            scores: labels.iter().cloned().zip(result.scores.clone()).collect(),
+        };
+        self.keep(
+            station,
+            part,
+            acquired_ms,
+            current,
+            CaptureReason::Canary,
+            Some(decision),
+            bytes,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn keep(
+        &self,
+        station: &str,
+        part: u64,
+        acquired_ms: u64,
+        (model, result): (&Model, &Classification),
+        reason: CaptureReason,
+        candidate: Option<CandidateDecision>,
+        bytes: Vec<u8>,
+    ) {
+        let manifest = model.manifest();
         let labels = &manifest.output.labels;
         let meta = CaptureMeta {
             v: 1,
@@ -162,10 +220,7 @@ impl Capture {
             station: station.to_owned(),
             part,
             reason,
-            result: match result.decision.verdict {
-                Verdict::Pass => "pass".into(),
-                Verdict::Reject => "reject".into(),
-            },
+            result: verdict_name(result.decision.verdict).to_owned(),
             label: labels
                 .get(result.decision.class)
                 .cloned()
@@ -175,6 +230,7 @@ impl Capture {
             model_version: manifest.model_version,
             acquired_ms,
             captured_ms: unix_ms(),
+            candidate,
         };
         if self.tx.try_send(NewCapture { bytes, meta }).is_err() {
             self.shared
@@ -182,6 +238,13 @@ impl Capture {
                 .dropped_busy
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+fn verdict_name(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Pass => "pass",
+        Verdict::Reject => "reject",
     }
 }
 

@@ -28,15 +28,18 @@ pub enum CaptureReason {
     Random,
     /// Every reject, when asked for.
     Reject,
+    /// The canary candidate decided otherwise than the model in service.
+    Canary,
 }
 
 impl CaptureReason {
     /// Every reason, in report order.
-    pub const ALL: [CaptureReason; 4] = [
+    pub const ALL: [CaptureReason; 5] = [
         CaptureReason::Uncertain,
         CaptureReason::Drift,
         CaptureReason::Random,
         CaptureReason::Reject,
+        CaptureReason::Canary,
     ];
 
     /// snake_case name, as in metadata and metrics.
@@ -46,6 +49,7 @@ impl CaptureReason {
             CaptureReason::Drift => "drift",
             CaptureReason::Random => "random",
             CaptureReason::Reject => "reject",
+            CaptureReason::Canary => "canary",
         }
     }
 }
@@ -83,6 +87,22 @@ pub struct CaptureMeta {
     pub acquired_ms: u64,
     /// When it was captured, Unix milliseconds.
     pub captured_ms: u64,
+    /// The canary candidate's decision, for frames it decided otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateDecision>,
+}
+
+/// What the canary candidate decided on a captured frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateDecision {
+    /// The candidate's `model_version`.
+    pub model_version: u64,
+    /// `pass` or `reject`.
+    pub result: String,
+    /// Decided class label.
+    pub label: String,
+    /// Score per label, in the candidate's label order.
+    pub scores: Vec<(String, f32)>,
 }
 
 /// A frame to store, with its metadata less what the store computes.
@@ -412,6 +432,7 @@ mod tests {
                 model_version: 1,
                 acquired_ms: 1,
                 captured_ms: 1_700_000_000_000 + part,
+                candidate: None,
             },
         }
     }

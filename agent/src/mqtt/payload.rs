@@ -62,6 +62,11 @@ impl Topics {
         format!("{}/{station}/drift", self.prefix)
     }
 
+    /// `<prefix>/canary`: retained evidence on the candidate running in shadow.
+    pub fn canary(&self) -> String {
+        format!("{}/canary", self.prefix)
+    }
+
     /// `<prefix>/+/line`: the filter of the line states PLCs publish.
     pub fn line_filter(&self) -> String {
         format!("{}/+/line", self.prefix)

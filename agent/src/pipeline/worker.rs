@@ -4,14 +4,18 @@
 //! at a time each, off tokio's threads (tract runs one inference on one thread). A worker takes
 //! the model in service for every frame, so a new model takes over at a frame boundary; it
 //! skips frames whose deadline already answered for them, and turns every failure into a
-//! "no decision" with its reason.
+//! "no decision" with its reason. After a frame's live outcome is on its way, a worker runs
+//! the canary candidate on the same frame unless frames wait that no idle worker would take,
+//! and offers the frame to data capture.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
 
 use super::{Pipeline, Queued, Ticket, elapsed_ms};
+use crate::canary::{Canary, Side};
 use crate::capture::Capture;
 use crate::monitor::drift::FrameStats;
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
@@ -25,16 +29,22 @@ pub fn spawn_workers(
     slot: &Arc<ModelSlot>,
     dct_scaling: bool,
     capture: Option<&Capture>,
+    canary: Option<&Arc<Canary>>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let busy = Arc::new(AtomicUsize::new(0));
     (0..count)
         .map(|index| {
             let worker = Worker {
+                busy: Arc::clone(&busy),
+                count,
                 queue: queue.clone(),
                 pipeline: pipeline.clone(),
                 slot: Arc::clone(slot),
                 dct_scaling,
                 classifier: None,
                 capture: capture.cloned(),
+                canary: canary.cloned(),
+                shadow: None,
             };
             std::thread::Builder::new()
                 .name(format!("inference-{index}"))
@@ -44,6 +54,10 @@ pub fn spawn_workers(
 }
 
 struct Worker {
+    /// Workers deciding a frame (or running one in shadow) now.
+    busy: Arc<AtomicUsize>,
+    /// Workers in all.
+    count: usize,
     queue: crossbeam_channel::Receiver<Queued>,
     pipeline: Pipeline,
     slot: Arc<ModelSlot>,
@@ -52,12 +66,18 @@ struct Worker {
     classifier: Option<Classifier>,
     /// Data capture, offered every decided frame.
     capture: Option<Capture>,
+    /// The canary's evidence, when candidates may run in shadow.
+    canary: Option<Arc<Canary>>,
+    /// The classifier of the candidate this worker last ran in shadow.
+    shadow: Option<Classifier>,
 }
 
 impl Worker {
     fn run(mut self) {
         while let Ok(frame) = self.queue.recv() {
+            self.busy.fetch_add(1, Ordering::AcqRel);
             self.decide(frame);
+            self.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -97,17 +117,30 @@ impl Worker {
                     tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
                     self.pipeline.emit_late(outcome, ticket, stats);
                 }
-                // After the outcome is on its way: capture never delays a decision.
+                // After the outcome is on its way: the shadow run and capture never delay a
+                // decision.
+                let disagreement = self.shadow(&frame.bytes, &model, &result);
                 if let Some(capture) = &self.capture {
                     let bytes = std::mem::take(&mut frame.bytes);
-                    capture.offer(
-                        &ticket.station,
-                        ticket.part,
-                        ticket.acquired_ms,
-                        &model,
-                        &result,
-                        bytes,
-                    );
+                    let ticket = &frame.ticket;
+                    match disagreement {
+                        Some((candidate, shadow)) => capture.offer_disagreement(
+                            &ticket.station,
+                            ticket.part,
+                            ticket.acquired_ms,
+                            (&model, &result),
+                            (&candidate, &shadow),
+                            bytes,
+                        ),
+                        None => capture.offer(
+                            &ticket.station,
+                            ticket.part,
+                            ticket.acquired_ms,
+                            &model,
+                            &result,
+                            bytes,
+                        ),
+                    }
                 }
             }
             Err(error) => {
@@ -122,6 +155,66 @@ impl Worker {
                     .no_decision(ticket, reason, Some(error.to_string()));
             }
         }
+    }
+
+    /// Runs the candidate in shadow on a frame the model in service decided, unless more
+    /// frames wait than there are idle workers to take them (then the run is skipped and
+    /// counted: a shadow run never keeps a waiting frame from a worker). Returns the
+    /// candidate and its result when the two models disagree.
+    fn shadow(
+        &mut self,
+        bytes: &[u8],
+        model: &Arc<Model>,
+        live: &Classification,
+    ) -> Option<(Arc<Model>, Classification)> {
+        let canary = self.canary.clone()?;
+        let candidate = self.slot.candidate()?;
+        if candidate.digest() == model.digest() {
+            return None;
+        }
+        let idle = self.count.saturating_sub(self.busy.load(Ordering::Acquire));
+        if self.pipeline.queue_depth() > idle {
+            canary.skipped();
+            return None;
+        }
+        let stale = self
+            .shadow
+            .as_ref()
+            .is_none_or(|c| c.model().digest() != candidate.digest());
+        if stale {
+            match candidate.classifier() {
+                Ok(mut classifier) => {
+                    classifier.set_decode_options(DecodeOptions::default(), self.dct_scaling);
+                    self.shadow = Some(classifier);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot start the candidate's classifier");
+                    canary.candidate_failed();
+                    return None;
+                }
+            }
+        }
+        let shadow = self.shadow.as_mut()?.classify_bytes(bytes);
+        let result = match shadow {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::debug!(%error, "the candidate failed on a frame");
+                canary.candidate_failed();
+                return None;
+            }
+        };
+        let disagree = canary.compare(
+            Side {
+                result: live,
+                labels: &model.manifest().output.labels,
+            },
+            model.manifest().model_version,
+            Side {
+                result: &result,
+                labels: &candidate.manifest().output.labels,
+            },
+        );
+        disagree.then_some((candidate, result))
     }
 
     /// The classifier for `model`, rebuilt when the model in service changed.
