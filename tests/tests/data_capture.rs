@@ -347,6 +347,9 @@ fn an_upload_cut_by_a_killed_server_resumes_where_it_stopped_and_nothing_is_sent
         .iter()
         .map(|m| serde_json::to_vec_pretty(m).map_or(0, |v| v.len()))
         .sum();
+    eprintln!(
+        "uploaded {total} image and {json_bytes} metadata bytes in {elapsed:?} at {rate} B/s with the server killed once: {sent} bytes sent"
+    );
     assert!(
         sent < (total + json_bytes) as f64 * 1.3,
         "{sent} bytes sent for {total} image bytes: the cut upload started over"
