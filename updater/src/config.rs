@@ -31,6 +31,10 @@ pub struct Config {
     /// The trial run of a newly installed bundle.
     #[serde(default)]
     pub trial: TrialSection,
+    /// Canary: a new version runs in shadow beside the model in service and is promoted only
+    /// on its evidence; absent means a new version goes straight to its trial.
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryPolicy>,
     /// The retained status topic and update announcements; absent means no MQTT.
     #[serde(default)]
     pub mqtt: Option<MqttSection>,

@@ -14,6 +14,7 @@
 //! - [`select`]: which release this box installs.
 //! - [`download`]: the resumable, rate-limited, length-bounded bundle downloader.
 //! - [`install`]: staging into the model store, pointer switches, revert, garbage collection.
+//! - [`canary`]: when a candidate running in shadow is promoted or rejected.
 //! - [`trial`]: the verdict on a new bundle from the agent's model health report.
 //! - [`state`]: the write-ahead record of trials and bad versions.
 //! - [`status`], [`mqtt`]: the status document, its file and its retained MQTT topic.
@@ -25,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod download;

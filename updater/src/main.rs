@@ -55,6 +55,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Approve the canary candidate running in shadow (with `[canary] approval = "manual"`):
+    /// it is promoted once its evidence holds.
+    Approve {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a configuration file and exit (78 when invalid).
     CheckConfig {
         /// Configuration file.
@@ -146,6 +153,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             print_status(&config, json)
         }
+        Command::Approve { config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            approve(&config)
+        }
         Command::CheckConfig { config } => Ok(match load(&config) {
             Ok(_) => {
                 println!("{}: ok", config.display());
@@ -231,6 +245,43 @@ fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     for bad in &status.bad {
         println!("marked bad:    {bad}");
     }
+    if let Some(policy) = &config.canary
+        && let Ok(bytes) = std::fs::read(&policy.evidence_file)
+        && let Ok(e) = serde_json::from_slice::<serde_json::Value>(&bytes)
+    {
+        println!(
+            "canary:        {} model_version {}: {} frames, {} agreed, {} reject->pass, {} pass->reject, {} skipped, median {:.2} ms vs {:.2} ms",
+            e["state"].as_str().unwrap_or("?"),
+            e["candidate_model_version"],
+            e["frames"],
+            e["agree"],
+            e["reject_to_pass"],
+            e["pass_to_reject"],
+            e["skipped"],
+            e["candidate_ms_p50"].as_f64().unwrap_or(0.0),
+            e["current_ms_p50"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn approve(config: &Config) -> anyhow::Result<ExitCode> {
+    let state_dir = &config.paths.state_dir;
+    let (state, problem) = model_updater::state::StateFile::new(state_dir).load();
+    if let Some(problem) = problem {
+        anyhow::bail!("updater state in {}: {problem}", state_dir.display());
+    }
+    let Some(run) = state.canary else {
+        eprintln!("model-updater: no canary candidate is running in shadow");
+        return Ok(ExitCode::FAILURE);
+    };
+    let path = model_updater::service::approval_path(state_dir);
+    defect_models::atomic::write(&path, run.candidate.sha256.as_bytes())
+        .with_context(|| format!("{}", path.display()))?;
+    println!(
+        "approved {} model_version {} ({}): promoted once its evidence holds",
+        run.candidate.model, run.candidate.model_version, run.candidate.sha256
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -15,13 +15,14 @@ use defect_models::store::{Pointer, Store, StoreError};
 use rand::Rng;
 use tokio::sync::Notify;
 
+use crate::canary::Judgement;
 use crate::clock;
 use crate::config::Config;
 use crate::download::{self, DownloadError};
 use crate::install::{self, InstallError};
 use crate::metrics::MetricsError;
 use crate::select;
-use crate::state::{ModelRef, StateFile, UpdaterState};
+use crate::state::{CanaryRun, ModelRef, StateFile, UpdaterState};
 use crate::status::{CheckOutcome, Phase, StatusBoard};
 use crate::trial::{self, Verdict};
 use crate::trust::{TrustError, TrustStore};
@@ -185,7 +186,12 @@ impl Updater {
             .iter()
             .map(|(sha, b)| format!("{} {} ({}): {}", b.model, b.model_version, sha, b.reason))
             .collect();
-        let pending = self.state.trial.as_ref().map(|t| t.candidate.clone());
+        let pending = self
+            .state
+            .trial
+            .as_ref()
+            .map(|t| t.candidate.clone())
+            .or_else(|| self.state.canary.as_ref().map(|c| c.candidate.clone()));
         self.board.update(|s| {
             s.current = current;
             s.bad = bad;
@@ -256,11 +262,23 @@ impl Updater {
     async fn cycle_inner(&mut self, source: &Source) -> Result<Outcome, UpdateError> {
         // A trial a restart interrupted is finished first; the check then goes on, so one cycle
         // always ends at the newest version this box should run.
-        let resumed = if self.state.trial.is_some() {
+        let mut resumed = if self.state.trial.is_some() {
             Some(self.await_verdict().await?)
         } else {
             None
         };
+        if self.state.canary.is_some() {
+            resumed = Some(self.run_canary().await?);
+        } else if self
+            .store
+            .pointer(Pointer::Candidate)
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            // A candidate left behind by a crash after its canary ended.
+            self.clear_candidate();
+        }
         self.refresh_status(Some(Phase::Checking));
         let (current, evidence) = install::survey(&self.store);
         let verified = verify::check(source, &self.trust, &evidence, self.client.clone()).await?;
@@ -357,19 +375,117 @@ impl Updater {
             Err(error) => return Err(error.into()),
         };
         let _ = std::fs::remove_file(&partial);
+        if self.config.canary.is_some() {
+            // Write-ahead: the state names the candidate before the store does.
+            self.state.canary = Some(CanaryRun {
+                candidate: staged.clone(),
+                since_ms: clock::now_ms(),
+            });
+            self.state_file
+                .save(&self.state)
+                .map_err(InstallError::from)?;
+            self.store
+                .set_pointer(Pointer::Candidate, &staged.sha256)
+                .map_err(InstallError::from)?;
+            tracing::info!(sha256 = %staged.sha256, model_version = staged.model_version, "new model runs in shadow as the canary candidate");
+            return self.run_canary().await;
+        }
+        self.promote(staged).await
+    }
+
+    /// Makes `candidate` current on trial, the same atomic switch for every install, and
+    /// waits for the agent's verdict.
+    async fn promote(&mut self, candidate: ModelRef) -> Result<Outcome, UpdateError> {
         let timeout_ms = self.config.trial.timeout_s.saturating_mul(1000);
+        let sha256 = candidate.sha256.clone();
         install::start_trial(
             &self.store,
             &self.state_file,
             &mut self.state,
             &self.trust,
-            staged,
+            candidate,
             clock::now_ms(),
             timeout_ms,
         )?;
-        tracing::info!(sha256 = %pending.sha256, "new model is current; awaiting the agent's verdict");
+        tracing::info!(%sha256, "new model is current; awaiting the agent's verdict");
         self.refresh_status(Some(Phase::Trial));
         self.await_verdict().await
+    }
+
+    /// Keeps the canary candidate in shadow until the policy promotes or rejects it (also
+    /// after a restart). Promotion is an install's trial; rejection leaves `current` alone
+    /// and marks the version bad.
+    async fn run_canary(&mut self) -> Result<Outcome, UpdateError> {
+        let mut said = String::new();
+        loop {
+            let Some(run) = self.state.canary.clone() else {
+                return Ok(Outcome::UpToDate);
+            };
+            let Some(policy) = self.config.canary.clone() else {
+                tracing::warn!(sha256 = %run.candidate.sha256, "canary withdrawn: [canary] is no longer configured");
+                self.state.canary = None;
+                self.state_file
+                    .save(&self.state)
+                    .map_err(InstallError::from)?;
+                self.clear_candidate();
+                return Ok(Outcome::UpToDate);
+            };
+            let sha = run.candidate.sha256.clone();
+            if self
+                .store
+                .pointer(Pointer::Candidate)
+                .ok()
+                .flatten()
+                .as_deref()
+                != Some(sha.as_str())
+            {
+                self.store
+                    .set_pointer(Pointer::Candidate, &sha)
+                    .map_err(InstallError::from)?;
+            }
+            self.refresh_status(Some(Phase::Canary));
+            let evidence = std::fs::read(&policy.evidence_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<crate::canary::Evidence>(&bytes).ok());
+            let approved = std::fs::read_to_string(approval_path(&self.config.paths.state_dir))
+                .is_ok_and(|text| text.trim() == sha);
+            let shadow_ms = clock::now_ms().saturating_sub(run.since_ms);
+            match crate::canary::judge(&policy, &sha, evidence.as_ref(), shadow_ms, approved) {
+                Judgement::Wait(why) => {
+                    if why != said {
+                        tracing::info!(sha256 = %sha, why, "canary in shadow");
+                        said = why;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Judgement::Promote => {
+                    tracing::info!(sha256 = %sha, "canary promoted on its evidence");
+                    // One state write turns the canary into the trial.
+                    self.state.canary = None;
+                    let outcome = self.promote(run.candidate).await;
+                    self.clear_candidate();
+                    return outcome;
+                }
+                Judgement::Reject(reason) => {
+                    let reason = format!("rejected in canary: {reason}");
+                    tracing::error!(sha256 = %sha, reason, "canary rejected; the model in service stays");
+                    self.state.canary = None;
+                    self.mark_bad(&run.candidate, &reason);
+                    self.clear_candidate();
+                    return Ok(Outcome::Reverted {
+                        candidate: run.candidate,
+                        reason,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Removes the store's `candidate` pointer; the agent stops the shadow run.
+    fn clear_candidate(&self) {
+        if let Err(error) = self.store.clear_pointer(Pointer::Candidate) {
+            tracing::error!(%error, "cannot remove the model store's candidate pointer");
+        }
     }
 
     fn mark_bad(&mut self, model: &ModelRef, reason: &str) {
@@ -430,6 +546,11 @@ impl Updater {
             }
         }
     }
+}
+
+/// The file `model-updater approve` writes: the SHA-256 of the canary candidate ops approved.
+pub fn approval_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("canary-approval")
 }
 
 /// Removes partial downloads of other targets (a newer release superseded them).

@@ -54,6 +54,15 @@ pub struct Trial {
     pub phase: TrialPhase,
 }
 
+/// A bundle running in shadow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryRun {
+    /// The candidate (staged in the store, named by its `candidate` pointer).
+    pub candidate: ModelRef,
+    /// When its shadow run started (Unix ms).
+    pub since_ms: u64,
+}
+
 /// A version that failed on this box.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BadVersion {
@@ -75,6 +84,9 @@ pub struct UpdaterState {
     /// The bundle on trial, if any.
     #[serde(default)]
     pub trial: Option<Trial>,
+    /// The bundle running in shadow as the store's `candidate`, if any.
+    #[serde(default)]
+    pub canary: Option<CanaryRun>,
     /// Versions never to install again, by bundle SHA-256.
     #[serde(default)]
     pub bad: BTreeMap<String, BadVersion>,
@@ -152,6 +164,7 @@ mod tests {
         assert_eq!(file.load(), (UpdaterState::default(), None));
         let state = UpdaterState {
             v: 1,
+            canary: None,
             trial: Some(Trial {
                 candidate: ModelRef {
                     model: "m".into(),

@@ -26,6 +26,8 @@ pub enum Phase {
     Downloading,
     /// Writing a bundle into the store and switching pointers.
     Installing,
+    /// A new bundle runs in shadow beside `current`, earning its promotion.
+    Canary,
     /// A new bundle is `current` and the agent's verdict is awaited.
     Trial,
     /// The last check failed loudly (see `last_error`).
@@ -38,11 +40,12 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in declaration order.
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Idle,
         Phase::Checking,
         Phase::Downloading,
         Phase::Installing,
+        Phase::Canary,
         Phase::Trial,
         Phase::Error,
         Phase::Offline,
@@ -56,6 +59,7 @@ impl Phase {
             Phase::Checking => "checking",
             Phase::Downloading => "downloading",
             Phase::Installing => "installing",
+            Phase::Canary => "canary",
             Phase::Trial => "trial",
             Phase::Error => "error",
             Phase::Offline => "offline",
