@@ -92,6 +92,15 @@ fn decision(m: &Received) -> Option<(u64, u64, u64, u64)> {
     ))
 }
 
+/// The last `bytes` of `text`, cut at a character boundary.
+fn tail(text: &str, bytes: usize) -> &str {
+    let mut start = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// Runs the scenario.
 pub fn run(plan: SwapPlan) -> SwapReport {
     let repo = OwnRepo::init();
@@ -119,7 +128,13 @@ pub fn run(plan: SwapPlan) -> SwapReport {
         .spawn("check", &line.edge.path().join("hot-swap-updater.log"));
     let deadline = started + Duration::from_secs(120);
     while line.served_version() != Some(2) {
-        assert!(Instant::now() < deadline, "the new version never served");
+        assert!(
+            Instant::now() < deadline,
+            "the new version never served; updater log:\n{}\nagent log (last 4000 bytes):\n{}",
+            std::fs::read_to_string(line.edge.path().join("hot-swap-updater.log"))
+                .unwrap_or_default(),
+            tail(&line.agent.log(), 4000)
+        );
         send(true, &mut part);
         next += plan.interval;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
