@@ -48,6 +48,22 @@ pub fn failing_gate(version: u64) -> Vec<u8> {
     })
 }
 
+/// The shipped network as `model_version` `version`, but with only dents as defects: it passes
+/// scratches, cracks and stains the shipped bundle rejects (the gate, which checks scores,
+/// accepts it).
+pub fn lets_defects_through(version: u64) -> Vec<u8> {
+    shipped_variant(|text| {
+        text.replace("model_version = 1", &format!("model_version = {version}"))
+            .replace(
+                "defects = [\"scratch\", \"dent\", \"crack\", \"stain\"]",
+                "defects = [\"dent\"]",
+            )
+            .replace("scratch = 0.4\n", "")
+            .replace("crack = 0.4\n", "")
+            .replace("stain = 0.4\n", "")
+    })
+}
+
 /// Writes bundle bytes to `<dir>/<name>` and returns the path.
 pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);

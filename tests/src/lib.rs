@@ -90,3 +90,21 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// What `defect-agent classify --json` says about each sample frame, in `sample_frames` order.
+pub fn classify_samples() -> Vec<serde_json::Value> {
+    let files: Vec<String> = sample_frames()
+        .iter()
+        .map(|(path, _)| path.display().to_string())
+        .collect();
+    let mut args = vec!["classify", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let output = run("defect-agent", &args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line {line:?}: {e}"))
+        })
+        .collect()
+}

@@ -190,17 +190,7 @@ fn a_candidate_identical_in_behaviour_agrees_on_every_frame_and_its_evidence_sur
 
 #[test]
 fn a_candidate_that_lets_defects_through_is_counted_and_never_decides_a_live_frame() {
-    // The same network, but only dents are defects: scratches, cracks and stains pass.
-    let lenient = bundles::shipped_variant(|text| {
-        text.replace("model_version = 1", "model_version = 2")
-            .replace(
-                "defects = [\"scratch\", \"dent\", \"crack\", \"stain\"]",
-                "defects = [\"dent\"]",
-            )
-            .replace("scratch = 0.4\n", "")
-            .replace("crack = 0.4\n", "")
-            .replace("stain = 0.4\n", "")
-    });
+    let lenient = bundles::lets_defects_through(2);
     let line = start(
         &lenient,
         "[capture]\nenabled = true\nuncertain_margin = 0.0\nrandom_fraction = 0.0\n",

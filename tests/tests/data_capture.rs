@@ -95,18 +95,9 @@ impl Line {
 
 /// The decision and per-label scores `defect-agent classify` gives each sample frame.
 fn sample_scores() -> Vec<(String, BTreeMap<String, f64>)> {
-    let files: Vec<String> = defect_e2e::sample_frames()
-        .iter()
-        .map(|(path, _)| path.display().to_string())
-        .collect();
-    let mut args = vec!["classify", "--json"];
-    args.extend(files.iter().map(String::as_str));
-    let output = defect_e2e::run("defect-agent", &args);
-    assert!(output.status.success(), "{}", defect_e2e::stderr(&output));
-    defect_e2e::stdout(&output)
-        .lines()
-        .map(|line| {
-            let json: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    defect_e2e::classify_samples()
+        .into_iter()
+        .map(|json| {
             let scores = json["scores"]
                 .as_object()
                 .expect("scores")

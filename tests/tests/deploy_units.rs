@@ -735,7 +735,10 @@ fn the_broker_acl_lets_each_user_publish_only_its_own_topics() {
     let ops = BrokerUser::connect(broker.port, "ops", password("ops"));
     let announce = format!("{PREFIX}/updater/announce");
 
-    let cases: [(&str, &str, bool); 21] = [
+    let cases: [(&str, &str, bool); 24] = [
+        ("ops", "updater/approve", true),
+        ("plc-line3", "updater/approve", false),
+        ("vision-line3", "updater/approve", false),
         ("vision-line3", "status", true),
         ("vision-line3", "cam1/alarms/camera_quiet", true),
         ("vision-line3", "cam2/drift", true),

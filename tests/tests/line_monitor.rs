@@ -277,23 +277,13 @@ fn a_camera_gone_quiet_while_the_line_runs_raises_an_alarm_and_its_next_frame_cl
 /// The 30 sample frames' model-input statistics (from `defect-agent classify --json`), as a
 /// `[baseline]` section with the shipped bins: the baseline of a line that sees them.
 fn baseline_of_the_samples() -> String {
-    let files: Vec<String> = defect_e2e::sample_frames()
-        .iter()
-        .map(|(path, _)| path.display().to_string())
-        .collect();
-    let mut args = vec!["classify", "--json"];
-    args.extend(files.iter().map(String::as_str));
-    let output = defect_e2e::run("defect-agent", &args);
-    assert!(output.status.success(), "{}", defect_e2e::stderr(&output));
     let defects = ["scratch", "dent", "crack", "stain"];
     let (mut brightness, mut contrast, mut score) =
         (vec![0u64; 32], vec![0u64; 32], vec![0u64; 20]);
     let mut rejected = 0;
     let bin =
         |value: f64, max: f64, bins: usize| ((value / max * bins as f64) as usize).min(bins - 1);
-    let lines = defect_e2e::stdout(&output);
-    for line in lines.lines() {
-        let json: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    for json in defect_e2e::classify_samples() {
         let input = &json["input"];
         brightness[bin(input["brightness"].as_f64().expect("brightness"), 256.0, 32)] += 1;
         contrast[bin(input["contrast"].as_f64().expect("contrast"), 128.0, 32)] += 1;

@@ -136,17 +136,7 @@ fn a_candidate_that_agrees_is_promoted_after_the_minimum_of_frames_through_the_u
 #[test]
 fn a_candidate_that_lets_defects_through_is_rejected_marked_bad_and_never_decides_live() {
     let repo = OwnRepo::init();
-    // The same network, but only dents are defects: scratches, cracks and stains pass.
-    let lenient = bundles::shipped_variant(|text| {
-        text.replace("model_version = 1", "model_version = 2")
-            .replace(
-                "defects = [\"scratch\", \"dent\", \"crack\", \"stain\"]",
-                "defects = [\"dent\"]",
-            )
-            .replace("scratch = 0.4\n", "")
-            .replace("crack = 0.4\n", "")
-            .replace("stain = 0.4\n", "")
-    });
+    let lenient = bundles::lets_defects_through(2);
     let sha = repo.add(&lenient, &[]);
     let server = RepoServer::start(&repo.repo);
     let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
@@ -223,4 +213,82 @@ fn an_updater_killed_in_the_shadow_period_resumes_the_canary_and_never_promotes_
         None
     );
     assert_eq!(line.served_version(), Some(1));
+}
+
+#[test]
+fn a_version_published_with_its_own_manual_canary_waits_for_approval_over_mqtt() {
+    let repo = OwnRepo::init();
+    // This box runs no canary by default; ops ask for one, with manual approval, for this
+    // version only.
+    let sha = repo.add(
+        &bundles::with_model_version(2),
+        &[
+            "--canary",
+            r#"{"enabled":true,"min_frames":5,"approval":"manual"}"#,
+        ],
+    );
+    let server = RepoServer::start(&repo.repo);
+    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
+    let prefix = line.agent.settings.prefix.clone();
+    line.edge.append_config(&format!(
+        "[canary]\nenabled = false\nevidence_file = {:?}\n",
+        line.agent.state_dir().join("canary.json")
+    ));
+    line.edge.append_config(&format!(
+        "[mqtt]\nport = {}\nclient_id = \"updater-canary\"\ntopic_prefix = \"{prefix}\"\n",
+        line.broker.port
+    ));
+    let log = line.edge.path().join("run.log");
+    let mut updater = line.edge.spawn("run", &log);
+    wait_for_candidate(&line, &sha, &mut updater);
+
+    // The evidence holds after 5 frames, yet nothing is promoted without ops.
+    let status = |m: &[defect_e2e::subscriber::Received]| {
+        m.iter()
+            .rev()
+            .find(|r| r.topic.ends_with("/updater"))
+            .map(|r| r.json())
+    };
+    feed_until(&line, || {
+        line.plc
+            .messages()
+            .iter()
+            .rev()
+            .find(|m| m.topic.ends_with("/canary"))
+            .is_some_and(|m| m.json()["frames"].as_u64() >= Some(5))
+    });
+    assert!(
+        line.plc.wait_until(WAIT, |m| status(m).is_some_and(
+            |s| s["state"] == "canary" && s["pending"]["sha256"] == sha.as_str()
+        )),
+        "status: {:?}",
+        status(&line.plc.messages())
+    );
+    assert_eq!(line.edge.current().1, 1, "promoted without approval");
+
+    // Ops approve on the MQTT command topic; the updater promotes through the trial.
+    defect_e2e::subscriber::publish_once(
+        line.broker.port,
+        &format!("{prefix}/updater/approve"),
+        b"2",
+    );
+    line.wait_for_served_version(2);
+    let until = Instant::now() + WAIT;
+    while line
+        .edge
+        .state()
+        .is_none_or(|s| !s["canary"].is_null() || !s["trial"].is_null())
+    {
+        assert!(
+            Instant::now() < until,
+            "not committed; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(line.edge.current(), (sha, 2));
+    let _ = updater.kill();
+    let _ = updater.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("canary approval received"), "{text}");
 }

@@ -135,7 +135,13 @@ fn kill_9_of_the_updater_at_random_points_never_leaves_the_line_without_a_valid_
     // An uninterrupted run finishes the newest version, and the store holds no debris.
     let output = line.edge.check();
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert_eq!(line.edge.current().1, published);
+    assert_eq!(
+        line.edge.current().1,
+        published,
+        "{}\nstate: {:?}",
+        describe(&output),
+        line.edge.state()
+    );
     line.wait_for_served_version(published);
     assert!(line.edge.state().is_some_and(|s| s["trial"].is_null()));
     let bundles_left = std::fs::read_dir(line.edge.store_dir.join("bundles"))

@@ -20,10 +20,14 @@ pub enum Approval {
     Manual,
 }
 
-/// The box's canary policy (`[canary]`).
+/// The box's canary policy (`[canary]`), the default for every version; a target's own
+/// `canary` custom field overrides it ([`CanaryOverrides`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryPolicy {
+    /// Versions run in shadow first (unless their target says otherwise).
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// The agent's evidence file (`<agent state_dir>/canary.json`).
     #[serde(default = "default_evidence_file")]
     pub evidence_file: std::path::PathBuf,
@@ -47,6 +51,9 @@ pub struct CanaryPolicy {
     pub approval: Approval,
 }
 
+const fn default_enabled() -> bool {
+    true
+}
 fn default_evidence_file() -> std::path::PathBuf {
     std::path::PathBuf::from("/var/lib/defect-agent/state/canary.json")
 }
@@ -64,6 +71,97 @@ const fn default_max_shadow_s() -> u64 {
 }
 const fn default_approval() -> Approval {
     Approval::Auto
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy {
+            enabled: default_enabled(),
+            evidence_file: default_evidence_file(),
+            min_frames: default_min_frames(),
+            min_agreement: default_min_agreement(),
+            max_reject_to_pass: 0,
+            max_latency_ratio: default_max_latency_ratio(),
+            max_shadow_s: default_max_shadow_s(),
+            approval: default_approval(),
+        }
+    }
+}
+
+/// A target's canary policy, set by ops when publishing (`repo add-target --canary JSON`):
+/// each field given overrides the box's `[canary]`; `"enabled": false` installs the version
+/// without a canary, `true` runs one even on a box without `[canary]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryOverrides {
+    /// Run this version in shadow first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Overrides `min_frames`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_frames: Option<u64>,
+    /// Overrides `min_agreement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_agreement: Option<f64>,
+    /// Overrides `max_reject_to_pass`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reject_to_pass: Option<u64>,
+    /// Overrides `max_latency_ratio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ratio: Option<f64>,
+    /// Overrides `max_shadow_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shadow_s: Option<u64>,
+    /// Overrides `approval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+impl CanaryOverrides {
+    /// What is wrong with the values, naming the field; `None` when they are usable.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(a) = self.min_agreement
+            && !(0.0..=1.0).contains(&a)
+        {
+            return Some(format!("min_agreement {a} is outside 0 to 1"));
+        }
+        if let Some(r) = self.max_latency_ratio
+            && !(r.is_finite() && r > 0.0)
+        {
+            return Some(format!("max_latency_ratio {r} must be above 0"));
+        }
+        None
+    }
+}
+
+/// The policy a version runs under: the box's default with the target's overrides; `None`
+/// when it is installed without a canary.
+pub fn policy_for(
+    default: Option<&CanaryPolicy>,
+    target: Option<&CanaryOverrides>,
+) -> Option<CanaryPolicy> {
+    let mut policy = match (default, target) {
+        (Some(default), _) => default.clone(),
+        (None, Some(t)) if t.enabled == Some(true) => CanaryPolicy::default(),
+        (None, _) => return None,
+    };
+    if let Some(t) = target {
+        policy.enabled = t.enabled.unwrap_or(policy.enabled);
+        policy.min_frames = t.min_frames.unwrap_or(policy.min_frames);
+        policy.min_agreement = t.min_agreement.unwrap_or(policy.min_agreement);
+        policy.max_reject_to_pass = t.max_reject_to_pass.unwrap_or(policy.max_reject_to_pass);
+        policy.max_latency_ratio = t.max_latency_ratio.unwrap_or(policy.max_latency_ratio);
+        policy.max_shadow_s = t.max_shadow_s.unwrap_or(policy.max_shadow_s);
+        policy.approval = t.approval.unwrap_or(policy.approval);
+    }
+    policy.enabled.then_some(policy)
+}
+
+/// Whether an approval (the file `model-updater approve` or the MQTT approve topic wrote)
+/// names the candidate: its SHA-256 or its `model_version`.
+pub fn approves(approval: &str, sha256: &str, model_version: u64) -> bool {
+    let approval = approval.trim();
+    approval == sha256 || approval == model_version.to_string()
 }
 
 /// The part of the agent's evidence the policy reads.
@@ -163,8 +261,33 @@ pub fn judge(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_target_overrides_the_box_default_field_by_field_and_may_switch_it_on_or_off() {
+        let default = policy();
+        let stricter = CanaryOverrides {
+            min_frames: Some(5000),
+            ..CanaryOverrides::default()
+        };
+        let p = policy_for(Some(&default), Some(&stricter)).expect("a canary");
+        assert_eq!((p.min_frames, p.min_agreement), (5000, 0.98));
+        let off = CanaryOverrides {
+            enabled: Some(false),
+            ..CanaryOverrides::default()
+        };
+        assert_eq!(policy_for(Some(&default), Some(&off)), None);
+        let on = CanaryOverrides {
+            enabled: Some(true),
+            ..CanaryOverrides::default()
+        };
+        assert_eq!(policy_for(None, Some(&on)), Some(CanaryPolicy::default()));
+        assert_eq!(policy_for(None, Some(&stricter)), None);
+        assert_eq!(policy_for(None, None), None);
+        assert!(approves("abc\n", "abc", 7) && approves("7", "abc", 7) && !approves("8", "abc", 7));
+    }
+
     fn policy() -> CanaryPolicy {
         CanaryPolicy {
+            enabled: true,
             evidence_file: "canary.json".into(),
             min_frames: 100,
             min_agreement: 0.98,

@@ -182,6 +182,12 @@ impl MqttSection {
             .clone()
             .unwrap_or_else(|| format!("{}/updater/announce", self.topic_prefix))
     }
+
+    /// `<prefix>/updater/approve`: ops approve the canary candidate (its SHA-256 or
+    /// `model_version` as the payload); restrict it with broker ACLs.
+    pub fn approve_topic(&self) -> String {
+        format!("{}/updater/approve", self.topic_prefix)
+    }
 }
 
 fn default_state_dir() -> PathBuf {

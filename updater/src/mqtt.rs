@@ -37,6 +37,7 @@ impl Link {
         settings: &MqttSection,
         mut status: watch::Receiver<Status>,
         announce: std::sync::Arc<Notify>,
+        approval: std::path::PathBuf,
     ) -> Link {
         let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
         options.set_keep_alive(Duration::from_secs(settings.keep_alive_s.max(5)));
@@ -49,6 +50,7 @@ impl Link {
         options.set_last_will(LastWill::new(&topic, will, QoS::AtLeastOnce, true));
         let (client, mut events) = AsyncClient::new(options, 64);
         let announce_topic = settings.announce_topic();
+        let approve_topic = settings.approve_topic();
         let publisher = client.clone();
         let status_topic = topic.clone();
         let task = tokio::spawn(async move {
@@ -60,8 +62,12 @@ impl Link {
                             failures = 0;
                             tracing::info!("MQTT connected");
                             let _ = publisher.subscribe(&announce_topic, QoS::AtLeastOnce).await;
+                            let _ = publisher.subscribe(&approve_topic, QoS::AtLeastOnce).await;
                             let body = serde_json::to_vec(&*status.borrow()).unwrap_or_default();
                             let _ = publisher.publish(&status_topic, QoS::AtLeastOnce, true, body).await;
+                        }
+                        Ok(Event::Incoming(Packet::Publish(p))) if p.topic == approve_topic => {
+                            record_approval(&approval, &p.payload);
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) if p.topic == announce_topic => {
                             tracing::info!(topic = %p.topic, "update announced");
@@ -108,5 +114,18 @@ impl Link {
         {
             abort.abort();
         }
+    }
+}
+/// Records an approval from the approve topic: the canary candidate's SHA-256 or
+/// `model_version`, as `model-updater approve` does; anything else is logged and ignored.
+fn record_approval(path: &std::path::Path, payload: &[u8]) {
+    let text = String::from_utf8_lossy(payload).trim().to_owned();
+    if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        tracing::warn!(payload = %text, "approval ignored: expected a SHA-256 or a model_version");
+        return;
+    }
+    match defect_models::atomic::write(path, text.as_bytes()) {
+        Ok(()) => tracing::info!(approved = %text, "canary approval received"),
+        Err(error) => tracing::error!(%error, "cannot record the canary approval"),
     }
 }

@@ -12,7 +12,7 @@ use crate::state::BadVersion;
 use crate::verify::Release;
 
 /// The choice.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Choice {
     /// The release to install, if any.
     pub install: Option<Release>,
@@ -91,6 +91,7 @@ mod tests {
             version: version.to_string(),
             stations: stations.iter().map(|s| s.to_string()).collect(),
             lines: lines.iter().map(|s| s.to_string()).collect(),
+            canary: None,
             length: 1,
             sha256: [version as u8; 32],
             url: url::Url::parse("http://x/").expect("url"),

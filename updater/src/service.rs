@@ -375,11 +375,14 @@ impl Updater {
             Err(error) => return Err(error.into()),
         };
         let _ = std::fs::remove_file(&partial);
-        if self.config.canary.is_some() {
+        if let Some(policy) =
+            crate::canary::policy_for(self.config.canary.as_ref(), release.canary.as_ref())
+        {
             // Write-ahead: the state names the candidate before the store does.
             self.state.canary = Some(CanaryRun {
                 candidate: staged.clone(),
                 since_ms: clock::now_ms(),
+                policy,
             });
             self.state_file
                 .save(&self.state)
@@ -421,15 +424,7 @@ impl Updater {
             let Some(run) = self.state.canary.clone() else {
                 return Ok(Outcome::UpToDate);
             };
-            let Some(policy) = self.config.canary.clone() else {
-                tracing::warn!(sha256 = %run.candidate.sha256, "canary withdrawn: [canary] is no longer configured");
-                self.state.canary = None;
-                self.state_file
-                    .save(&self.state)
-                    .map_err(InstallError::from)?;
-                self.clear_candidate();
-                return Ok(Outcome::UpToDate);
-            };
+            let policy = run.policy.clone();
             let sha = run.candidate.sha256.clone();
             if self
                 .store
@@ -448,7 +443,9 @@ impl Updater {
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<crate::canary::Evidence>(&bytes).ok());
             let approved = std::fs::read_to_string(approval_path(&self.config.paths.state_dir))
-                .is_ok_and(|text| text.trim() == sha);
+                .is_ok_and(|text| {
+                    crate::canary::approves(&text, &sha, run.candidate.model_version)
+                });
             let shadow_ms = clock::now_ms().saturating_sub(run.since_ms);
             match crate::canary::judge(&policy, &sha, evidence.as_ref(), shadow_ms, approved) {
                 Judgement::Wait(why) => {
@@ -602,10 +599,14 @@ pub async fn run(
         None => None,
     };
     let announce = Arc::new(Notify::new());
-    let link =
-        updater.config().mqtt.as_ref().map(|mqtt| {
-            crate::mqtt::Link::start(mqtt, updater.board().subscribe(), announce.clone())
-        });
+    let link = updater.config().mqtt.as_ref().map(|mqtt| {
+        crate::mqtt::Link::start(
+            mqtt,
+            updater.board().subscribe(),
+            announce.clone(),
+            approval_path(&updater.config().paths.state_dir),
+        )
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

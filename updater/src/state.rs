@@ -55,12 +55,14 @@ pub struct Trial {
 }
 
 /// A bundle running in shadow.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CanaryRun {
     /// The candidate (staged in the store, named by its `candidate` pointer).
     pub candidate: ModelRef,
     /// When its shadow run started (Unix ms).
     pub since_ms: u64,
+    /// The policy it runs under (the box's default with its target's overrides).
+    pub policy: crate::canary::CanaryPolicy,
 }
 
 /// A version that failed on this box.
@@ -77,7 +79,7 @@ pub struct BadVersion {
 }
 
 /// The persisted state.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdaterState {
     /// Format version.
     pub v: u32,

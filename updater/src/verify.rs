@@ -73,7 +73,7 @@ impl Source {
 }
 
 /// A model version the repository offers, as its signed target entry describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Release {
     /// Target name (flat, e.g. `surface-classifier-3.dmb`).
     pub target: String,
@@ -87,6 +87,8 @@ pub struct Release {
     pub stations: Vec<String>,
     /// Lines the release is for; empty means all.
     pub lines: Vec<String>,
+    /// Its canary policy, when ops set one.
+    pub canary: Option<crate::canary::CanaryOverrides>,
     /// Signed length in bytes.
     pub length: u64,
     /// Signed SHA-256.
@@ -343,6 +345,18 @@ fn release(
             Some(_) => Err(format!("custom field {key:?} is not a list")),
         }
     };
+    let canary = match custom.get("canary") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let overrides: crate::canary::CanaryOverrides =
+                serde_json::from_value(value.clone())
+                    .map_err(|e| format!("custom field \"canary\": {e}"))?;
+            if let Some(problem) = overrides.problem() {
+                return Err(format!("custom field \"canary\": {problem}"));
+            }
+            Some(overrides)
+        }
+    };
     let model_version = custom
         .get("model_version")
         .and_then(Value::as_u64)
@@ -362,6 +376,7 @@ fn release(
         version: text("version").unwrap_or_default(),
         stations: list("stations")?,
         lines: list("lines")?,
+        canary,
         length: target.length,
         sha256,
         url,

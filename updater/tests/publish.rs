@@ -86,6 +86,7 @@ impl Fixture {
                 name: name.map(str::to_owned),
                 stations: vec!["st-1".into(), "st-2".into()],
                 lines: vec!["line-a".into()],
+                canary: None,
                 expiries: Expiries::default(),
             },
         )

@@ -55,6 +55,10 @@ pub enum RepoCommand {
         /// Target name; default `<model name>-<model_version>.dmb`.
         #[arg(long)]
         name: Option<String>,
+        /// Canary policy of this version, JSON overriding the boxes' `[canary]`, such as
+        /// '{"min_frames":2000,"max_reject_to_pass":0}' or '{"enabled":false}'.
+        #[arg(long, value_parser = parse_canary)]
+        canary: Option<crate::canary::CanaryOverrides>,
         /// Expiries (root is not re-signed by this command).
         #[command(flatten)]
         expiries: ExpiryArgs,
@@ -197,6 +201,7 @@ impl RepoCommand {
                 stations,
                 lines,
                 name,
+                canary,
                 expiries,
             } => {
                 let added = ops::add_target(
@@ -207,6 +212,7 @@ impl RepoCommand {
                         name,
                         stations,
                         lines,
+                        canary,
                         expiries: expiries.into(),
                     },
                 )?;
@@ -264,5 +270,15 @@ impl RepoCommand {
                 ))
             }
         }
+    }
+}
+
+/// Parses `--canary`: a JSON object of [`crate::canary::CanaryOverrides`] fields.
+fn parse_canary(text: &str) -> Result<crate::canary::CanaryOverrides, String> {
+    let overrides: crate::canary::CanaryOverrides =
+        serde_json::from_str(text).map_err(|e| format!("--canary {text:?}: {e}"))?;
+    match overrides.problem() {
+        Some(problem) => Err(format!("--canary {text:?}: {problem}")),
+        None => Ok(overrides),
     }
 }

@@ -192,7 +192,7 @@ pub(super) fn read_metadata<T: DeserializeOwned>(
 }
 
 /// The `custom` fields of every target: which model it is and where it may run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetCustom {
     /// The bundle manifest's `name`.
     pub model: String,
@@ -206,6 +206,9 @@ pub struct TargetCustom {
     /// Lines allowed to install it; empty means every line.
     #[serde(default)]
     pub lines: Vec<String>,
+    /// Its canary policy, overriding the boxes' `[canary]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<crate::canary::CanaryOverrides>,
 }
 
 impl TargetCustom {
@@ -418,6 +421,7 @@ mod tests {
             version: "1.2.0".into(),
             stations: vec!["st-1".into()],
             lines: vec![],
+            canary: None,
         };
         let map = custom.to_custom().expect("to custom");
         assert_eq!(map["model_version"], serde_json::json!(3));

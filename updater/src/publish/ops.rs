@@ -106,6 +106,8 @@ pub struct TargetOptions {
     pub stations: Vec<String>,
     /// Lines allowed to install it; empty means every line.
     pub lines: Vec<String>,
+    /// Its canary policy, overriding the boxes' `[canary]`.
+    pub canary: Option<crate::canary::CanaryOverrides>,
     /// Expiries of the targets, snapshot and timestamp versions written.
     pub expiries: Expiries,
 }
@@ -403,6 +405,7 @@ pub fn add_target(
         version: manifest.version.clone(),
         stations: clean_list(&options.stations, "--stations")?,
         lines: clean_list(&options.lines, "--lines")?,
+        canary: options.canary.clone(),
     };
 
     let layout = RepoLayout::new(repo);
