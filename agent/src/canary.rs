@@ -74,7 +74,8 @@ pub struct Evidence {
     pub candidate_errors: u64,
     /// Shadow runs skipped because frames were waiting for a worker.
     pub skipped: u64,
-    /// Median inference time of the model in service on the compared frames, ms.
+    /// Median inference time of the model in service on the compared frames, ms (as of the
+    /// last read of the evidence).
     pub current_ms_p50: f64,
     /// Median inference time of the candidate on the same frames, ms.
     pub candidate_ms_p50: f64,
@@ -234,7 +235,15 @@ impl Canary {
 
     /// A copy of the evidence, if a candidate is set.
     pub fn evidence(&self) -> Option<Evidence> {
-        self.evidence.lock().ok().and_then(|e| e.clone())
+        let mut evidence = self.evidence.lock().ok().and_then(|e| e.clone())?;
+        // The medians are taken here, when the evidence is read (once a second, and at a
+        // scrape), not on the worker for every compared frame. Resumed evidence keeps its
+        // medians until new frames are compared.
+        if !evidence.current_ms.is_empty() {
+            evidence.current_ms_p50 = median(&evidence.current_ms);
+            evidence.candidate_ms_p50 = median(&evidence.candidate_ms);
+        }
+        Some(evidence)
     }
 
     fn update(&self, change: impl FnOnce(&mut Evidence)) {
@@ -273,8 +282,6 @@ impl Canary {
                 &mut e.candidate_ms,
                 candidate.result.timings.inference.as_secs_f32() * 1000.0,
             );
-            e.current_ms_p50 = median(&e.current_ms);
-            e.candidate_ms_p50 = median(&e.candidate_ms);
             if same {
                 e.agree += 1;
                 return;
