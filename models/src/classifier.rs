@@ -15,9 +15,10 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::bundle::Bundle;
 use crate::decision::{Decision, DecisionRule, softmax};
-use crate::frame::{self, DecodeError, DecodeOptions, Frame};
+use crate::frame::{DecodeError, DecodeOptions, Frame};
 use crate::manifest::{Manifest, ScoreKind};
-use crate::preprocess::{InputStats, PreprocessError, Preprocessor};
+use crate::model_input::ModelInput;
+use crate::preprocess::{InputStats, PreprocessError};
 
 /// Why a bundle's model could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +105,19 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads the bundle's ONNX graph into tract with the manifest's fixed input shape.
     pub fn load(bundle: &Bundle) -> Result<Arc<Self>, ModelError> {
-        let manifest = bundle.manifest().clone();
+        Self::from_onnx(bundle.manifest().clone(), bundle.model(), bundle.digest())
+    }
+
+    /// Loads an ONNX graph that is not in a bundle yet, described by `manifest`, as
+    /// `model-bundle create` does before it has computed the bundle's golden scores; `digest`
+    /// names it in logs and reports.
+    pub fn from_onnx(
+        manifest: Manifest,
+        mut onnx: &[u8],
+        digest: &str,
+    ) -> Result<Arc<Self>, ModelError> {
         let mut graph = tract_onnx::onnx()
-            .model_for_read(&mut bundle.model())
+            .model_for_read(&mut onnx)
             .map_err(|e| ModelError::Onnx(format!("{e:#}")))?;
         select_input(&mut graph, &manifest)?;
         select_output(&mut graph, &manifest)?;
@@ -127,7 +138,7 @@ impl Model {
         let rule = DecisionRule::new(&manifest);
         Ok(Arc::new(Model {
             manifest,
-            digest: bundle.digest().to_owned(),
+            digest: digest.to_owned(),
             plan,
             rule,
         }))
@@ -154,12 +165,10 @@ impl Model {
             shape: self.manifest.input.shape.clone(),
             reason: format!("{e:#}"),
         })?;
-        let preprocessor = Preprocessor::new(&self.manifest);
         Ok(Classifier {
             model: Arc::clone(self),
             state,
-            preprocessor,
-            decode: DecodeOptions::default(),
+            input: ModelInput::new(&self.manifest),
         })
     }
 }
@@ -199,8 +208,7 @@ pub struct Classification {
 pub struct Classifier {
     model: Arc<Model>,
     state: TypedSimpleState,
-    preprocessor: Preprocessor,
-    decode: DecodeOptions,
+    input: ModelInput,
 }
 
 impl Classifier {
@@ -211,30 +219,30 @@ impl Classifier {
 
     /// Sets the decoding limits; `use_dct_scaling` lets large JPEGs decode at a reduced scale
     /// that still leaves at least twice the model's input resolution.
-    pub fn set_decode_options(&mut self, mut options: DecodeOptions, use_dct_scaling: bool) {
-        options.jpeg_min_size = if use_dct_scaling {
-            self.preprocessor.min_decode_size()
-        } else {
-            None
-        };
-        self.decode = options;
+    pub fn set_decode_options(&mut self, options: DecodeOptions, use_dct_scaling: bool) {
+        self.input.set_decode_options(options, use_dct_scaling);
     }
 
     /// Decodes image bytes and classifies them.
     pub fn classify_bytes(&mut self, bytes: &[u8]) -> Result<Classification, ClassifyError> {
-        let start = Instant::now();
-        let frame = frame::decode(bytes, &self.decode)?;
-        let decode = start.elapsed();
-        let mut result = self.classify(&frame)?;
-        result.timings.decode = decode;
+        let prepared = self.input.prepare(bytes)?;
+        let mut result = self.run_prepared(prepared.tensor, prepared.stats, prepared.preprocess)?;
+        result.timings.decode = prepared.decode;
         Ok(result)
     }
 
     /// Classifies a decoded frame.
     pub fn classify(&mut self, frame: &Frame) -> Result<Classification, ClassifyError> {
-        let start = Instant::now();
-        let (tensor, input) = self.preprocessor.run(frame)?;
-        let preprocess = start.elapsed();
+        let prepared = self.input.prepare_frame(frame)?;
+        self.run_prepared(prepared.tensor, prepared.stats, prepared.preprocess)
+    }
+
+    fn run_prepared(
+        &mut self,
+        tensor: Tensor,
+        input: InputStats,
+        preprocess: Duration,
+    ) -> Result<Classification, ClassifyError> {
         let start = Instant::now();
         let tiles = self.infer(tensor)?;
         let inference = start.elapsed();
@@ -281,7 +289,15 @@ impl Classifier {
 
     /// Prepares the input tensor of a frame without running the model.
     pub fn preprocess(&mut self, frame: &Frame) -> Result<(Tensor, InputStats), ClassifyError> {
-        Ok(self.preprocessor.run(frame)?)
+        let prepared = self.input.prepare_frame(frame)?;
+        Ok((prepared.tensor, prepared.stats))
+    }
+
+    /// Decodes image bytes and prepares the input tensor exactly as [`Classifier::classify_bytes`]
+    /// would, without running the model.
+    pub fn prepare_bytes(&mut self, bytes: &[u8]) -> Result<(Tensor, InputStats), ClassifyError> {
+        let prepared = self.input.prepare(bytes)?;
+        Ok((prepared.tensor, prepared.stats))
     }
 }
 

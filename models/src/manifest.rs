@@ -43,6 +43,10 @@ pub struct Manifest {
     pub baseline: Baseline,
     /// What data and which script produced the model.
     pub provenance: Provenance,
+    /// The operating point measured on the validation frames when the thresholds were chosen;
+    /// written by `model-bundle create`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
     /// Digests of the bundle's other parts; written by `model-bundle create`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileDigests>,
@@ -277,12 +281,14 @@ pub struct Histogram {
 }
 
 /// Where the model came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provenance {
     /// The training and validation data.
+    #[serde(default)]
     pub dataset: String,
     /// The script that trained and exported the model.
+    #[serde(default)]
     pub training_script: String,
     /// Source revision of the training code, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +296,54 @@ pub struct Provenance {
     /// Free-form notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notes: Option<String>,
+    /// SHA-256 of the ONNX file, as `model-bundle create` read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_sha256: Option<String>,
+    /// The frames the thresholds and the drift baseline were computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_data: Option<DataRecord>,
+    /// The images the golden samples were taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden_data: Option<DataRecord>,
+    /// The tool and version that computed the bundle's numbers, such as `model-bundle 0.1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    /// When the bundle was created (UTC, RFC 3339; `SOURCE_DATE_EPOCH` when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+}
+
+/// A data set a bundle's numbers were computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataRecord {
+    /// The folder or CSV file, as given to the tool.
+    pub source: String,
+    /// Number of images used.
+    pub frames: u64,
+    /// Fingerprint over the images' names, labels and contents (see `models/MANIFEST.md`).
+    pub sha256: String,
+}
+
+/// Pass/reject figures at the chosen thresholds on the validation frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatingPoint {
+    /// Labelled validation frames measured.
+    pub frames: u64,
+    /// The wanted recall the thresholds were chosen for, when one was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_recall: Option<crate::calibrate::RecallTarget>,
+    /// Share of defect frames rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defect_recall: Option<f64>,
+    /// Share of good frames rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_reject_rate: Option<f64>,
+    /// Share of frames with the right pass/reject verdict.
+    pub pass_reject_accuracy: f64,
+    /// Counts by true class (rows) and decided class (columns), in label order.
+    pub confusion: Vec<Vec<u64>>,
 }
 
 /// SHA-256 digests (lowercase hex) of the bundle's parts other than the manifest.
@@ -318,14 +372,17 @@ impl fmt::Display for Problem {
 }
 
 /// Why a manifest could not be used.
+///
+/// Each variant's message carries its cause's text; none exposes it again as a `source`, so an
+/// error chain prints every sentence once.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The TOML text does not parse into a manifest.
-    #[error("manifest is not valid TOML for this format: {0}")]
-    Toml(#[from] toml::de::Error),
+    #[error("not a valid manifest: {}", .0.message().trim())]
+    Toml(toml::de::Error),
     /// The JSON text does not parse into a manifest.
-    #[error("manifest is not valid JSON for this format: {0}")]
-    Json(#[from] serde_json::Error),
+    #[error("not a valid manifest: {0}")]
+    Json(serde_json::Error),
     /// The manifest parses but its values are inconsistent.
     #[error("manifest has {} problem(s): {}", .0.len(), join_problems(.0))]
     Invalid(Vec<Problem>),
@@ -342,14 +399,14 @@ fn join_problems(problems: &[Problem]) -> String {
 impl Manifest {
     /// Parses a hand-written TOML manifest and validates it.
     pub fn from_toml(text: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text)?;
+        let manifest: Manifest = toml::from_str(text).map_err(ManifestError::Toml)?;
         manifest.validate()?;
         Ok(manifest)
     }
 
     /// Parses the canonical JSON manifest stored in a bundle and validates it.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let manifest: Manifest = serde_json::from_slice(bytes)?;
+        let manifest: Manifest = serde_json::from_slice(bytes).map_err(ManifestError::Json)?;
         manifest.validate()?;
         Ok(manifest)
     }

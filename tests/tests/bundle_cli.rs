@@ -1,5 +1,7 @@
 //! The `model-bundle` tool end to end: create, inspect, verify, and refusing bad bundles.
 
+mod authoring;
+
 use std::path::{Path, PathBuf};
 
 use defect_e2e::{repo_root, run, shipped_bundle, stderr, stdout};

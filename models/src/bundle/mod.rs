@@ -47,7 +47,7 @@ pub enum BundleError {
     Missing(String),
     /// The manifest is unreadable or inconsistent.
     #[error("bundle manifest: {0}")]
-    Manifest(#[from] ManifestError),
+    Manifest(ManifestError),
     /// A part does not match the digest the manifest records.
     #[error("{part} was altered: manifest records sha256 {expected}, content has {actual}")]
     DigestMismatch {
@@ -64,6 +64,12 @@ pub enum BundleError {
     /// The archive could not be written.
     #[error("cannot write bundle: {0}")]
     Write(String),
+}
+
+impl From<ManifestError> for BundleError {
+    fn from(error: ManifestError) -> Self {
+        BundleError::Manifest(error)
+    }
 }
 
 /// A model bundle held in memory, with its parts checked against the manifest's digests.
