@@ -328,6 +328,13 @@ mod tests {
     }
 
     #[test]
+    fn rule_of_three() {
+        assert_eq!(crate::compose::frames_to_show_recall(0.995), Some(598));
+        assert_eq!(crate::compose::frames_to_show_recall(0.99), Some(299));
+        assert_eq!(crate::compose::frames_to_show_recall(1.0), None);
+    }
+
+    #[test]
     fn quota_rounds_up_without_float_noise() {
         assert_eq!(quota(0.995, 200), 199);
         assert_eq!(quota(0.995, 201), 200);

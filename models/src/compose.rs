@@ -56,6 +56,8 @@ pub struct ComposeReport {
     pub operating_point: Option<Figures>,
     /// Validation frames that could not be read, with their errors.
     pub unreadable: Vec<(String, String)>,
+    /// Recall targets the validation frames are too few to support, in words.
+    pub thin_support: Vec<String>,
     /// Golden samples whose decided class differs from the label of their folder.
     pub golden_misdecided: Vec<(String, String, String)>,
     /// Whether the drift baseline was computed (rather than written by hand).
@@ -247,9 +249,14 @@ pub fn compose(inputs: &ComposeInputs) -> Result<(Bundle, ComposeReport), Compos
                 .collect()
         })
         .unwrap_or_default();
+    let thin_support = operating_point
+        .as_ref()
+        .map(|f| thin_support(draft.output.target_recall.as_ref(), f, &computed_thresholds))
+        .unwrap_or_default();
     Ok((
         bundle,
         ComposeReport {
+            thin_support,
             computed_thresholds,
             operating_point,
             unreadable,
@@ -259,6 +266,50 @@ pub fn compose(inputs: &ComposeInputs) -> Result<(Bundle, ComposeReport), Compos
             labels,
         },
     ))
+}
+
+/// Defect frames needed to show a recall of `target` with 95 % confidence when none is missed
+/// (the "rule of three": (1 - target)^n <= 0.05); `None` for a target of 1.
+pub fn frames_to_show_recall(target: f64) -> Option<u64> {
+    (target < 1.0 && target > 0.0).then(|| (0.05f64.ln() / target.ln()).ceil() as u64)
+}
+
+/// Which recall targets rest on too few validation frames to be trusted on new frames.
+fn thin_support(
+    target: Option<&crate::calibrate::RecallTarget>,
+    figures: &Figures,
+    computed: &[String],
+) -> Vec<String> {
+    use crate::calibrate::RecallTarget;
+    let mut out = Vec::new();
+    let mut check = |what: String, target: f64, frames: u64| {
+        if let Some(needed) = frames_to_show_recall(target)
+            && frames < needed
+        {
+            out.push(format!(
+                "{frames} {what} frame(s) cannot show a recall of {:.2} % (with no escape, {needed} are needed for 95 % confidence): the thresholds may give less on new frames; add labelled defect frames to --validation",
+                target * 100.0
+            ));
+        }
+    };
+    match target {
+        Some(RecallTarget::Overall(r)) if !computed.is_empty() => {
+            check("defect".into(), *r, figures.defect_frames);
+        }
+        Some(RecallTarget::PerClass(targets)) => {
+            for class in figures
+                .per_class
+                .iter()
+                .filter(|c| computed.contains(&c.label))
+            {
+                if let Some(r) = targets.get(&class.label) {
+                    check(format!("{:?}", class.label), *r, class.frames);
+                }
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 struct GoldenReport {

@@ -177,7 +177,7 @@ fn create_computes_every_number_from_a_decided_only_manifest() {
         stdout(&created)
     );
     let m2 = manifest_json(&out2);
-    assert_eq!(m2["output"]["reject_threshold"]["scratch"], 0.9f32 as f64);
+    assert_eq!(m2["output"]["reject_threshold"]["scratch"], 0.9);
     // Without --golden, golden samples come from the validation frames (two per label).
     assert_eq!(
         m2["validation"]["golden"].as_array().expect("golden").len(),

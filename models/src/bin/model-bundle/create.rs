@@ -114,6 +114,9 @@ fn describe(bundle: &defect_models::Bundle, report: &ComposeReport) -> String {
     for (file, error) in &report.unreadable {
         let _ = writeln!(out, "warning: validation frame {file} not counted: {error}");
     }
+    for warning in &report.thin_support {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     for (file, label, decided) in &report.golden_misdecided {
         let _ = writeln!(
             out,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use defect_models::Bundle;
 use defect_models::dataset::ImageSet;
 use defect_models::evaluation::{self, EvaluateOptions, Evaluation, Gates};
-use defect_models::figures::confusion_table;
+use defect_models::figures::{MissKind, confusion_table};
 use defect_models::model_input::DecodeMode;
 
 use crate::Outcome;
@@ -211,7 +211,11 @@ fn text(e: &Evaluation) -> String {
             let _ = writeln!(
                 out,
                 "  {:<12} {}: {} decided {} ({:.3}; {} scored {:.3})",
-                format!("{:?}", m.kind).to_lowercase(),
+                match m.kind {
+                    MissKind::Escape => "escape",
+                    MissKind::FalseReject => "false reject",
+                    MissKind::WrongClass => "wrong class",
+                },
                 m.file,
                 m.label,
                 m.decided,
