@@ -1,5 +1,5 @@
 //! `result-log-writer DIR [DELIVER_EVERY]`: appends outcomes to the result log in `DIR` until it
-//! is killed, for `tests/tests/result_log_crash.rs`.
+//! is killed, for `tests/tests/e2e/result_log_crash.rs`.
 //!
 //! Each loop builds a batch of 1 to 4 outcomes whose content is [`expected`](defect_e2e::crash_fixture::expected) of the seq each will
 //! get, calls `ResultLog::append`, and only after it returns prints `ack <seq>` per outcome and

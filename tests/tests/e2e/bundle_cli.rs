@@ -1,6 +1,5 @@
 //! The `model-bundle` tool end to end: create, inspect, verify, and refusing bad bundles.
 
-#[path = "bundle_cli/authoring.rs"]
 mod authoring;
 
 use std::path::{Path, PathBuf};
