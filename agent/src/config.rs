@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::mqtt::settings::{MqttSection, PayloadFormat, Protocol, TlsSection};
+pub use crate::result_log::ResultsSection;
+pub use crate::sources::hot_folder::{AfterDecision, HotFolderSection};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,102 +82,6 @@ pub struct AgentSection {
     /// Largest accepted frame file or upload, in bytes.
     #[serde(default = "default_max_frame_bytes")]
     pub max_frame_bytes: u64,
-}
-
-/// Which MQTT protocol version to speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Protocol {
-    /// MQTT 5, with message expiry on decisions.
-    #[serde(rename = "v5")]
-    V5,
-    /// MQTT 3.1.1, for older brokers.
-    #[serde(rename = "v3.1.1")]
-    V311,
-}
-
-/// How decision messages are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// Compact ASCII JSON with short keys and integers only.
-    Json,
-    /// Comma-separated integers in a fixed order, for PLCs that cannot parse JSON.
-    Csv,
-}
-
-/// The MQTT broker connection (`[mqtt]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MqttSection {
-    /// Broker host name or address.
-    #[serde(default = "default_mqtt_host")]
-    pub host: String,
-    /// Broker port.
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
-    /// Protocol version: `v5` or `v3.1.1`.
-    #[serde(default = "default_protocol")]
-    pub protocol: Protocol,
-    /// Client id; empty means `defect-agent-<hostname>`.
-    #[serde(default)]
-    pub client_id: String,
-    /// Topic prefix in the ISA-95 habit, such as `acme/plant1/assembly/line3/vision`.
-    #[serde(default = "default_topic_prefix")]
-    pub topic_prefix: String,
-    /// Decision payload format: `json` or `csv`.
-    #[serde(default = "default_payload")]
-    pub payload: PayloadFormat,
-    /// MQTT 5 message expiry of decisions, in seconds (about the line's transit time).
-    #[serde(default = "default_decision_expiry_s")]
-    pub decision_expiry_s: u32,
-    /// Keep-alive interval in seconds (5 or more); the Last Will fires about 1.5 times this after
-    /// a crash.
-    #[serde(default = "default_keep_alive_s")]
-    pub keep_alive_s: u64,
-    /// Heartbeat period in milliseconds.
-    #[serde(default = "default_heartbeat_ms")]
-    pub heartbeat_ms: u64,
-    /// First reconnect delay in milliseconds; doubles up to `reconnect_max_ms`, with jitter.
-    #[serde(default = "default_reconnect_min_ms")]
-    pub reconnect_min_ms: u64,
-    /// Longest reconnect delay in milliseconds.
-    #[serde(default = "default_reconnect_max_ms")]
-    pub reconnect_max_ms: u64,
-    /// User name for the broker.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// File holding the broker password (kept out of the config file).
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-    /// TLS settings; absent means plain TCP.
-    #[serde(default)]
-    pub tls: Option<TlsSection>,
-}
-
-/// TLS to the broker (`[mqtt.tls]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM file of the certificate authority that signed the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM client certificate, for brokers that require client authentication.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
-
-/// The local result log (`[results]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResultsSection {
-    /// Most results kept undelivered; past it the oldest are dropped, with a log line.
-    #[serde(default = "default_results_max_entries")]
-    pub max_entries: u64,
-    /// Oldest undelivered result kept, in hours; older ones are dropped, with a log line.
-    #[serde(default = "default_results_max_age_h")]
-    pub max_age_h: u64,
 }
 
 /// The HTTP frame upload endpoint (`[http]`).
@@ -302,16 +210,6 @@ pub struct UploadSection {
     pub max_bytes_per_second: u64,
 }
 
-/// What happens to a frame file once its decision is in the result log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AfterDecision {
-    /// Delete the file.
-    Delete,
-    /// Move the file into `move_to`.
-    Move,
-}
-
 /// One inspection station (`[[station]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -321,24 +219,6 @@ pub struct StationSection {
     /// The hot folder the station's camera writes into; absent means HTTP only.
     #[serde(default)]
     pub hot_folder: Option<HotFolderSection>,
-}
-
-/// A camera's hot folder (`[station.hot_folder]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HotFolderSection {
-    /// The folder the camera writes frames into.
-    pub path: PathBuf,
-    /// Regular expression on the file name whose `part` group is the part id (digits);
-    /// a name it does not match gets a generated part id.
-    #[serde(default = "default_part_id_pattern")]
-    pub part_id_pattern: String,
-    /// `delete` or `move` the file once decided.
-    #[serde(default = "default_after")]
-    pub after: AfterDecision,
-    /// Folder decided files are moved to, with `after = "move"`.
-    #[serde(default)]
-    pub move_to: Option<PathBuf>,
 }
 
 const fn default_queue_capacity() -> usize {
@@ -358,42 +238,6 @@ const fn default_true() -> bool {
 }
 const fn default_max_frame_bytes() -> u64 {
     64 * 1024 * 1024
-}
-fn default_mqtt_host() -> String {
-    "127.0.0.1".to_owned()
-}
-const fn default_mqtt_port() -> u16 {
-    1883
-}
-const fn default_protocol() -> Protocol {
-    Protocol::V5
-}
-fn default_topic_prefix() -> String {
-    "factory/vision".to_owned()
-}
-const fn default_payload() -> PayloadFormat {
-    PayloadFormat::Json
-}
-const fn default_decision_expiry_s() -> u32 {
-    5
-}
-const fn default_keep_alive_s() -> u64 {
-    5
-}
-const fn default_heartbeat_ms() -> u64 {
-    1000
-}
-const fn default_reconnect_min_ms() -> u64 {
-    200
-}
-const fn default_reconnect_max_ms() -> u64 {
-    10_000
-}
-const fn default_results_max_entries() -> u64 {
-    1_000_000
-}
-const fn default_results_max_age_h() -> u64 {
-    7 * 24
 }
 const fn default_capture_max_bytes() -> u64 {
     1024 * 1024 * 1024
@@ -447,12 +291,6 @@ fn default_drift_features() -> Vec<String> {
         .map(|f| f.name().to_owned())
         .collect()
 }
-fn default_part_id_pattern() -> String {
-    r"(?P<part>\d+)".to_owned()
-}
-const fn default_after() -> AfterDecision {
-    AfterDecision::Delete
-}
 
 impl Default for AgentSection {
     fn default() -> Self {
@@ -466,27 +304,6 @@ impl Default for AgentSection {
             model_health_file: None,
             dct_scaling: true,
             max_frame_bytes: default_max_frame_bytes(),
-        }
-    }
-}
-
-impl Default for MqttSection {
-    fn default() -> Self {
-        MqttSection {
-            host: default_mqtt_host(),
-            port: default_mqtt_port(),
-            protocol: default_protocol(),
-            client_id: String::new(),
-            topic_prefix: default_topic_prefix(),
-            payload: default_payload(),
-            decision_expiry_s: default_decision_expiry_s(),
-            keep_alive_s: default_keep_alive_s(),
-            heartbeat_ms: default_heartbeat_ms(),
-            reconnect_min_ms: default_reconnect_min_ms(),
-            reconnect_max_ms: default_reconnect_max_ms(),
-            username: None,
-            password_file: None,
-            tls: None,
         }
     }
 }
@@ -599,15 +416,6 @@ impl DriftSection {
                 .collect(),
             ..DriftSettings::default()
         })
-    }
-}
-
-impl Default for ResultsSection {
-    fn default() -> Self {
-        ResultsSection {
-            max_entries: default_results_max_entries(),
-            max_age_h: default_results_max_age_h(),
-        }
     }
 }
 

@@ -42,11 +42,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, IVec, Transactional, Tree};
 use tracing::{info, warn};
 
-use crate::config::ResultsSection;
 use crate::outcome::Outcome;
 
 /// Meta key of the highest seq ever assigned.
@@ -644,6 +644,35 @@ fn read_meta(meta: &Tree, key: &'static str, dir: &Path) -> Result<u64, ResultLo
             key,
             reason: format!("{} bytes, not 8", value.len()),
         }),
+    }
+}
+
+/// The local result log (`[results]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResultsSection {
+    /// Most results kept undelivered; past it the oldest are dropped, with a log line.
+    #[serde(default = "default_results_max_entries")]
+    pub max_entries: u64,
+    /// Oldest undelivered result kept, in hours; older ones are dropped, with a log line.
+    #[serde(default = "default_results_max_age_h")]
+    pub max_age_h: u64,
+}
+
+const fn default_results_max_entries() -> u64 {
+    1_000_000
+}
+
+const fn default_results_max_age_h() -> u64 {
+    7 * 24
+}
+
+impl Default for ResultsSection {
+    fn default() -> Self {
+        ResultsSection {
+            max_entries: default_results_max_entries(),
+            max_age_h: default_results_max_age_h(),
+        }
     }
 }
 

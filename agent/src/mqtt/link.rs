@@ -13,7 +13,7 @@ use rand::Rng;
 use rumqttc::v5::mqttbytes::v5 as v5b;
 use tokio::sync::mpsc;
 
-use crate::config::{MqttSection, Protocol};
+use crate::mqtt::settings::{MqttSection, Protocol};
 
 /// A message to publish.
 #[derive(Debug, Clone)]

@@ -4,9 +4,11 @@
 //! - `link`: one rumqttc connection (MQTT 5 or 3.1.1) with reconnect backoff.
 //! - `session`: what is published when: birth/Will status, model, heartbeat, live
 //!   decisions and the store-and-forward `results` topic.
+//! - `settings`: the `[mqtt]` section of the configuration.
 
 pub mod link;
 pub mod payload;
 pub mod session;
+pub mod settings;
 
 pub use session::{Publisher, start};

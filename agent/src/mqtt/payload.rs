@@ -7,7 +7,7 @@
 
 use serde::Serialize;
 
-use crate::config::PayloadFormat;
+use crate::mqtt::settings::PayloadFormat;
 use crate::outcome::Outcome;
 
 /// Schema version of every payload.

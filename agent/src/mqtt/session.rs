@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use super::link::{Link, LinkError, LinkEvent, LinkSettings, Message};
 use super::payload::{self, ModelInfo, Topics};
-use crate::config::MqttSection;
 use crate::health::Health;
 use crate::metrics::{FrameTimes, Metrics};
+use crate::mqtt::settings::MqttSection;
 use crate::outcome::{DecisionResult, Outcome, unix_ms};
 use crate::result_log::ResultLog;
 

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use notify::{EventKind, RecursiveMode, Watcher};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::config::{AfterDecision, HotFolderSection};
 use crate::outcome::{NoDecisionReason, unix_ms};
 use crate::pipeline::{Completion, FrameJob, Pipeline};
 
@@ -292,6 +292,42 @@ impl Station {
             }
         })
     }
+}
+
+/// What happens to a frame file once its decision is in the result log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterDecision {
+    /// Delete the file.
+    Delete,
+    /// Move the file into `move_to`.
+    Move,
+}
+
+/// A camera's hot folder (`[station.hot_folder]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HotFolderSection {
+    /// The folder the camera writes frames into.
+    pub path: PathBuf,
+    /// Regular expression on the file name whose `part` group is the part id (digits);
+    /// a name it does not match gets a generated part id.
+    #[serde(default = "default_part_id_pattern")]
+    pub part_id_pattern: String,
+    /// `delete` or `move` the file once decided.
+    #[serde(default = "default_after")]
+    pub after: AfterDecision,
+    /// Folder decided files are moved to, with `after = "move"`.
+    #[serde(default)]
+    pub move_to: Option<PathBuf>,
+}
+
+fn default_part_id_pattern() -> String {
+    r"(?P<part>\d+)".to_owned()
+}
+
+const fn default_after() -> AfterDecision {
+    AfterDecision::Delete
 }
 
 #[cfg(test)]
