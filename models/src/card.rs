@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::bundle::Bundle;
 use crate::evaluation::Evaluation;
-use crate::figures::{Figures, MissKind};
+use crate::figures::{Figures, MissKind, percent};
 use crate::manifest::{ColorSpace, DataRecord, Manifest, ResizeFilter};
 
 /// The model card of `bundle`, with the held-out `evaluation` when there is one.
@@ -300,33 +300,10 @@ fn section_limits(out: &mut String, m: &Manifest, evaluation: Option<&Evaluation
 
 fn figures_table(out: &mut String, f: &Figures) {
     let _ = writeln!(out, "| figure | value |\n|---|---|");
-    let _ = writeln!(
-        out,
-        "| frames | {} ({} defect, {} good) |",
-        f.frames, f.defect_frames, f.good_frames
-    );
-    let _ = writeln!(
-        out,
-        "| pass/reject accuracy | {} |",
-        percent(Some(f.pass_reject_accuracy))
-    );
-    let _ = writeln!(
-        out,
-        "| defect recall | {} ({} escape(s)) |",
-        percent(f.defect_recall),
-        f.escapes
-    );
-    let _ = writeln!(
-        out,
-        "| false-reject rate | {} ({} good part(s) rejected) |",
-        percent(f.false_reject_rate),
-        f.false_rejects
-    );
-    let _ = writeln!(
-        out,
-        "| class accuracy | {} |\n",
-        percent(Some(f.class_accuracy))
-    );
+    for (name, value) in f.summary_rows() {
+        let _ = writeln!(out, "| {name} | {value} |");
+    }
+    let _ = writeln!(out);
 }
 
 fn confusion(out: &mut String, labels: &[String], matrix: &[Vec<u64>]) {
@@ -347,10 +324,6 @@ fn confusion(out: &mut String, labels: &[String], matrix: &[Vec<u64>]) {
         let _ = writeln!(out);
     }
     let _ = writeln!(out);
-}
-
-fn percent(value: Option<f64>) -> String {
-    value.map_or("n/a".into(), |v| format!("{:.2} %", v * 100.0))
 }
 
 fn short(sha: &str) -> &str {

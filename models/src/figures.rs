@@ -83,6 +83,47 @@ pub enum MissKind {
     WrongClass,
 }
 
+impl Figures {
+    /// The headline figures as (name, value) rows, in the order reports print them.
+    pub fn summary_rows(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "frames",
+                format!(
+                    "{} ({} defect, {} good)",
+                    self.frames, self.defect_frames, self.good_frames
+                ),
+            ),
+            (
+                "pass/reject accuracy",
+                percent(Some(self.pass_reject_accuracy)),
+            ),
+            (
+                "defect recall",
+                format!(
+                    "{} ({} escape(s))",
+                    percent(self.defect_recall),
+                    self.escapes
+                ),
+            ),
+            (
+                "false-reject rate",
+                format!(
+                    "{} ({} good part(s) rejected)",
+                    percent(self.false_reject_rate),
+                    self.false_rejects
+                ),
+            ),
+            ("class accuracy", percent(Some(self.class_accuracy))),
+        ]
+    }
+}
+
+/// A share as a percentage with two decimals; `n/a` when it cannot be measured.
+pub fn percent(value: Option<f64>) -> String {
+    value.map_or("n/a".into(), |v| format!("{:.2} %", v * 100.0))
+}
+
 /// Figures of `frames` (true class index, scores) under `rule`.
 pub fn figures<'a>(
     labels: &[String],

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use defect_models::compose::{self, ComposeInputs, ComposeReport, DEFAULT_GOLDEN_PER_LABEL};
 use defect_models::draft::ManifestDraft;
-use defect_models::figures::confusion_table;
+use defect_models::figures::{confusion_table, percent};
 use defect_models::gate;
 use defect_models::model_input::DecodeMode;
 use defect_models::scoring::ScoringOptions;
 
 use crate::Outcome;
-use crate::inspect::{gate_report, percent};
+use crate::inspect::gate_report;
 use crate::output::print;
 
 /// Arguments of `create`.

@@ -7,11 +7,10 @@ use anyhow::{Context, Result, bail};
 use defect_models::Bundle;
 use defect_models::dataset::ImageSet;
 use defect_models::evaluation::{self, EvaluateOptions, Evaluation, Gates};
-use defect_models::figures::{MissKind, confusion_table};
+use defect_models::figures::{MissKind, confusion_table, percent};
 use defect_models::model_input::DecodeMode;
 
 use crate::Outcome;
-use crate::inspect::percent;
 use crate::output::print;
 
 /// Arguments of `evaluate`.
@@ -146,31 +145,9 @@ fn text(e: &Evaluation) -> String {
         .map(|(l, t)| format!("{l} >= {t}"))
         .collect();
     let _ = writeln!(out, "thresholds          {}", thresholds.join(", "));
-    let _ = writeln!(
-        out,
-        "pass/reject         accuracy {} on {} frames ({} defect, {} good)",
-        percent(Some(f.pass_reject_accuracy)),
-        f.frames,
-        f.defect_frames,
-        f.good_frames
-    );
-    let _ = writeln!(
-        out,
-        "defect recall       {} ({} escape(s))",
-        percent(f.defect_recall),
-        f.escapes
-    );
-    let _ = writeln!(
-        out,
-        "false-reject rate   {} ({} good part(s) rejected)",
-        percent(f.false_reject_rate),
-        f.false_rejects
-    );
-    let _ = writeln!(
-        out,
-        "class accuracy      {}",
-        percent(Some(f.class_accuracy))
-    );
+    for (name, value) in f.summary_rows() {
+        let _ = writeln!(out, "{name:<20}{value}");
+    }
     let _ = writeln!(out, "per class           recall     precision  frames");
     for c in &f.per_class {
         let _ = writeln!(

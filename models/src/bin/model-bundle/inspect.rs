@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use defect_models::figures::percent;
 use defect_models::{Bundle, gate};
 
 use crate::Outcome;
@@ -176,9 +177,4 @@ fn summary(path: &Path, bundle: &Bundle) -> String {
         );
     }
     out
-}
-
-/// A share as a percentage with two decimals, `n/a` when unknown.
-pub fn percent(value: Option<f64>) -> String {
-    value.map_or("n/a".into(), |v| format!("{:.2} %", v * 100.0))
 }
