@@ -162,16 +162,24 @@ fn quota(recall: f64, count: usize) -> usize {
     (exact - 1e-9).ceil().max(0.0) as usize
 }
 
-/// The highest threshold at which at least `needed - covered` of `scores` reach it; 1.0 when
-/// none need to. Kept within (0, 1], as reject thresholds are.
+/// Most a threshold sits below the borderline frame's score, so that another runtime or CPU
+/// scoring that frame a few units in the last place lower still rejects it.
+pub const THRESHOLD_MARGIN: f32 = 0.001;
+
+/// The threshold at which at least `needed - covered` of `scores` reach it: just below the
+/// borderline score (by [`THRESHOLD_MARGIN`], or half the gap to the next lower score when that
+/// is smaller); 1.0 when none need to. Kept within (0, 1], as reject thresholds are.
 fn threshold_for(scores: &mut [f32], needed: usize, covered: usize) -> f32 {
     let more = needed.saturating_sub(covered);
     if more == 0 || scores.is_empty() {
         return 1.0;
     }
     scores.sort_by(|a, b| b.total_cmp(a));
-    let t = scores[more.min(scores.len()) - 1];
-    t.clamp(f32::MIN_POSITIVE, 1.0)
+    let index = more.min(scores.len()) - 1;
+    let borderline = scores[index];
+    let next = scores.get(index + 1).copied().unwrap_or(0.0);
+    let margin = ((borderline - next) / 2.0).min(THRESHOLD_MARGIN).max(0.0);
+    (borderline - margin).clamp(f32::MIN_POSITIVE, 1.0)
 }
 
 /// The drift baseline of scored validation frames under `rule`.
@@ -265,9 +273,10 @@ mod tests {
             &as_refs(&frames),
         )
         .expect("chosen");
-        // 18 of 20 defect frames must reach it: the 18th highest best-defect score is 0.3.
-        assert_eq!(t["scratch"], 0.3);
-        assert_eq!(t["dent"], 0.3);
+        // 18 of 20 defect frames must reach it: the 18th highest best-defect score is 0.3, and
+        // the threshold sits just below it.
+        assert_eq!(t["scratch"], 0.3 - THRESHOLD_MARGIN);
+        assert_eq!(t["dent"], 0.3 - THRESHOLD_MARGIN);
     }
 
     #[test]
@@ -285,7 +294,7 @@ mod tests {
         )
         .expect("chosen");
         assert_eq!(t["dent"], 0.5);
-        assert_eq!(t["scratch"], 0.1);
+        assert_eq!(t["scratch"], 0.1 - THRESHOLD_MARGIN);
     }
 
     #[test]
@@ -304,8 +313,8 @@ mod tests {
             &as_refs(&frames),
         )
         .expect("chosen");
-        assert_eq!(t["scratch"], 0.6);
-        assert_eq!(t["dent"], 0.55);
+        assert_eq!(t["scratch"], 0.6 - THRESHOLD_MARGIN);
+        assert_eq!(t["dent"], 0.55 - THRESHOLD_MARGIN);
     }
 
     #[test]
@@ -325,6 +334,16 @@ mod tests {
         let err = choose_thresholds(&labels, &defects, &BTreeMap::new(), Some(&bad), &[])
             .expect_err("bad target");
         assert!(err.to_string().contains("1.5"), "{err}");
+    }
+
+    #[test]
+    fn the_margin_is_at_most_half_the_gap_to_the_next_score() {
+        let mut scores = vec![0.9, 0.8996, 0.2];
+        assert_eq!(threshold_for(&mut scores, 1, 0), 0.9 - 0.0002);
+        let mut scores = vec![0.9, 0.9, 0.2];
+        assert_eq!(threshold_for(&mut scores, 1, 0), 0.9);
+        let mut scores = vec![0.5];
+        assert_eq!(threshold_for(&mut scores, 1, 0), 0.5 - THRESHOLD_MARGIN);
     }
 
     #[test]

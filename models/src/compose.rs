@@ -312,6 +312,20 @@ fn thin_support(
     out
 }
 
+/// The name a golden image gets in the bundle: its file name, after its label when it has one
+/// (`scratch-0012.jpg`), so that equal file names in two label folders stay apart.
+fn golden_key(sample: &Sample) -> String {
+    let file = sample
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| sample.name.replace('/', "-"));
+    match &sample.label {
+        Some(label) => format!("{label}-{file}"),
+        None => file,
+    }
+}
+
 struct GoldenReport {
     misdecided: Vec<(String, String, String)>,
     computed: usize,
@@ -344,8 +358,11 @@ fn golden_samples(
     }
     let mut sets = Vec::new();
     for path in &inputs.golden {
-        if path.is_dir() {
-            sets.push(ImageSet::from_folder(path)?.take_per_label(inputs.golden_per_label));
+        let is_csv = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        if path.is_dir() || is_csv {
+            sets.push(ImageSet::open(path)?.take_per_label(inputs.golden_per_label));
         } else {
             let name = path
                 .file_name()
@@ -369,8 +386,7 @@ fn golden_samples(
     }
     for set in &sets {
         for sample in &set.samples {
-            let key = sample.name.replace('/', "-");
-            wanted.push((key, sample.clone(), None));
+            wanted.push((golden_key(sample), sample.clone(), None));
         }
     }
     if wanted.is_empty() {

@@ -4,20 +4,23 @@ This module owns the factory retraining loop: reading a decided-only bundle mani
 define the class indices, its input section the tensor shape), getting the model inputs from the
 agent's own decode and preprocessing through `model-bundle tensors` (never from Python image
 code, so training sees bit for bit what the agent serves), the deterministic train/validation
-split by file path, training `model.SurfaceNet` with class cross-entropy and tensor-space
-augmentation, selection by validation loss, the checkpoint (`checkpoint.pt`, which `--init`
-continues from), the ONNX export with `export.deployable` at the manifest's fixed input shape,
-and the `model-bundle create`, `evaluate` and `card` runs that turn it into a bundle ready to
-publish.
+split by file path, the starting point (`--init`: a `checkpoint.pt` of an earlier run, or the
+network of a bundle such as the model in service), training `model.SurfaceNet` with class
+cross-entropy and tensor-space augmentation, selection by validation loss, the checkpoint, the
+ONNX export with `export.deployable` at the manifest's fixed input shape, and the
+`model-bundle create`, `evaluate` and `card` runs that turn it into a bundle ready to publish.
 
 Usage:
     python factory.py --data DIR [--validation DIR] [--test DIR] --manifest manifest.toml
-        --out OUTDIR [--init CHECKPOINT.pt] [--epochs N] [--model-bundle PATH]
+        --out OUTDIR [--init CHECKPOINT.pt|BUNDLE.dmb] [--epochs N] [--model-bundle PATH]
         [--min-recall 0.99 --max-false-reject 0.02]
 
 DIR, the validation and the test data are image folders (one sub-folder per label, as
 `defect-agent capture-export` writes after review) or `file,label` CSV files. Without
 `--validation`, a fifth of DIR (by a hash of each file's path relative to DIR) validates.
+With a few thousand frames, start from the model in service
+(`--init models/shipped/surface-classifier.dmb --learning-rate 5e-4`): class cross-entropy
+alone does not teach a network from scratch where the defects are (see README.md).
 """
 
 import argparse
@@ -29,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import tomllib
 from dataclasses import dataclass
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from torch import nn
 
@@ -49,7 +54,7 @@ SEED = 7
 BATCH_SIZE = 32
 PEAK_LEARNING_RATE = 2e-3
 WEIGHT_DECAY = 1e-2
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 15
 VALIDATION_SHARE = 0.2
 """Share of DIR that validates when no `--validation` is given."""
 GOLDEN_PER_LABEL = 2
@@ -286,19 +291,93 @@ def build_model(stages: tuple[tuple[int, int], ...], classes: int, channels: int
 
 
 def load_checkpoint(path: Path, spec: Spec) -> tuple[SurfaceNet, dict]:
-    """The model saved by an earlier run, refused when its labels or input channels differ from the manifest's."""
+    """The model to start from: a checkpoint saved by an earlier run, or the network of a bundle
+    (`.dmb`, such as the model in service) whose graph is a SurfaceNet export. Refused when its
+    labels or input channels differ from the manifest's."""
+    if path.suffix == ".dmb":
+        return load_bundle_network(path, spec)
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if list(saved["labels"]) != spec.labels:
-        raise SystemExit(
-            f"factory: --init {path} was trained for labels {list(saved['labels'])}, but the manifest has "
-            f"{spec.labels}; the class indices must match (same labels, same order) to continue training"
-        )
-    if saved["channels"] != spec.channels:
-        raise SystemExit(f"factory: --init {path} takes {saved['channels']} input channel(s), the manifest {spec.channels}")
+    check_compatible(path, list(saved["labels"]), saved["channels"], spec)
     stages = tuple(tuple(s) for s in saved["stages"])
     model = build_model(stages, len(spec.labels), spec.channels)
     model.load_state_dict(saved["state_dict"])
     return model, saved
+
+
+def check_compatible(path: Path, labels: list[str], channels: int, spec: Spec) -> None:
+    """Exits with a clear message unless a starting model has the manifest's labels (in order) and input channels."""
+    if labels != spec.labels:
+        raise SystemExit(
+            f"factory: --init {path} was trained for labels {labels}, but the manifest has "
+            f"{spec.labels}; the class indices must match (same labels, same order) to continue training"
+        )
+    if channels != spec.channels:
+        raise SystemExit(f"factory: --init {path} takes {channels} input channel(s), the manifest {spec.channels}")
+
+
+def load_bundle_network(path: Path, spec: Spec) -> tuple[SurfaceNet, dict]:
+    """The SurfaceNet in a bundle's `model.onnx` (BatchNorm folded, see `export.deployable`), with
+    identity BatchNorm layers until `calibrate_batchnorm` sets them from data."""
+    with tarfile.open(path) as bundle:
+        manifest = json.load(bundle.extractfile("manifest.json"))
+        graph = onnx.load_from_string(bundle.extractfile("model.onnx").read()).graph
+    check_compatible(path, list(manifest["output"]["labels"]), manifest_channels(manifest["input"]), spec)
+    weights = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    strides = [next((list(a.ints) for a in n.attribute if a.name == "strides"), [1, 1])[0] for n in convs]
+    stages = tuple((int(weights[n.input[1]].shape[0]), int(s)) for n, s in zip(convs, strides))
+    model = build_model(stages, len(spec.labels), spec.channels)
+    layers = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    try:
+        if len(gemms) != 1 or any(len(n.input) != 3 for n in convs):
+            raise ValueError("expected convolutions with bias and one Gemm")
+        for conv, norm, node in zip(layers, norms, convs, strict=True):
+            conv.weight.data.copy_(weights[node.input[1]])
+            norm.weight.data.fill_(1.0)
+            norm.bias.data.copy_(weights[node.input[2]])
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)
+        model.classifier.weight.data.copy_(weights[gemms[0].input[1]])
+        model.classifier.bias.data.copy_(weights[gemms[0].input[2]])
+    except (ValueError, RuntimeError, KeyError) as err:
+        raise SystemExit(f"factory: --init {path}: its model is not a SurfaceNet exported by export.py ({err})") from err
+    return model, {"labels": spec.labels, "stages": [list(s) for s in stages], "epoch": None, "bundle": manifest["name"]}
+
+
+def manifest_channels(source: dict) -> int:
+    """Input channels of a manifest's `[input]` section."""
+    return int(source["shape"][1] if source.get("layout", "nchw") == "nchw" else source["shape"][3])
+
+
+def calibrate_batchnorm(model: SurfaceNet, data: Tensors, indices: np.ndarray, frames: int = 256) -> None:
+    """Turns the identity BatchNorm layers of a network read from a bundle into ones that compute
+    the same function in evaluation mode and behave like trained ones in training mode: each
+    convolution's output mean and standard deviation over `frames` training frames become the
+    layer's running statistics, its scale and (added to the folded bias) its shift."""
+    sample = indices[:frames]
+    norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
+    moments: dict[int, list[torch.Tensor]] = {}
+    hooks = [
+        conv.register_forward_hook(lambda _m, _i, out, k=k: moments.setdefault(k, []).append(
+            torch.stack([out.mean(dim=(0, 2, 3)), (out * out).mean(dim=(0, 2, 3))])))
+        for k, conv in enumerate(m for m in model.features if isinstance(m, nn.Conv2d))
+    ]
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(sample), 32):
+            model(to_tensor(np.asarray(data.inputs[sample[start : start + 32]])))
+    for hook in hooks:
+        hook.remove()
+    with torch.no_grad():
+        for k, norm in enumerate(norms):
+            mean, square = torch.stack(moments[k]).mean(dim=0)
+            std = torch.sqrt(torch.clamp(square - mean * mean, min=0.0) + norm.eps)
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(std * std - norm.eps)
+            norm.weight.copy_(std)
+            norm.bias.add_(mean)
 
 
 def jitter(batch: np.ndarray, spec: Spec, rng: np.random.Generator) -> np.ndarray:
@@ -583,8 +662,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--test", type=Path, help="held-out frames for model-bundle evaluate")
     parser.add_argument("--manifest", type=Path, required=True, help="decided-only bundle manifest (TOML)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--init", type=Path, help="continue from a checkpoint.pt this script saved")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--init", type=Path, help="continue from a checkpoint.pt this script saved, or start from a bundle's (.dmb) SurfaceNet")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"default {DEFAULT_EPOCHS}")
     parser.add_argument("--learning-rate", type=float, default=PEAK_LEARNING_RATE, help="peak of the one-cycle schedule")
     parser.add_argument("--full-decode", action="store_true", help="decode JPEGs at full size everywhere (for agents run with dct_scaling = false)")
     parser.add_argument("--no-balance", action="store_true", help="weigh every training frame alike instead of every class")
@@ -609,14 +688,14 @@ def main() -> None:
     spec = read_manifest(args.manifest)
     tool = find_model_bundle(args.model_bundle)
     decode = ["--full-decode"] if args.full_decode else []
+    seed_everything(SEED)
     if args.init is not None:
         model, saved = load_checkpoint(args.init, spec)
-        print(f"continuing from {args.init} (epoch {saved.get('epoch')} of its run)", flush=True)
+        print(f"starting from {args.init} ({'its network' if saved.get('epoch') is None else 'epoch ' + str(saved['epoch']) + ' of its run'})", flush=True)
     else:
         model = build_model(STAGES, len(spec.labels), spec.channels)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(SEED)
 
     began = time.perf_counter()
     data = make_tensors(tool, args.manifest, args.data, out / "tensors" / "data", spec, decode)
@@ -637,6 +716,8 @@ def main() -> None:
     counts = {"train": label_counts(data.labels[train_idx], spec), "validation": label_counts(validation.labels[val_idx], spec)}
     print(f"tensors in {tensor_seconds:.0f} s; frames per label: {json.dumps(counts)}", flush=True)
 
+    if args.init is not None and args.init.suffix == ".dmb":
+        calibrate_batchnorm(model, data, train_idx)
     model = model.to(memory_format=torch.channels_last)
     macs = count_macs(model, spec.nchw)
     print(f"{macs / 1e6:.1f} M multiply-accumulates per inference at input {spec.nchw}", flush=True)
