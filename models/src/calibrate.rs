@@ -178,7 +178,12 @@ fn threshold_for(scores: &mut [f32], needed: usize, covered: usize) -> f32 {
     let index = more.min(scores.len()) - 1;
     let borderline = scores[index];
     let next = scores.get(index + 1).copied().unwrap_or(0.0);
-    let margin = ((borderline - next) / 2.0).min(THRESHOLD_MARGIN).max(0.0);
+    let gap = (borderline - next) / 2.0;
+    let margin = if gap.is_finite() {
+        gap.clamp(0.0, THRESHOLD_MARGIN)
+    } else {
+        0.0
+    };
     (borderline - margin).clamp(f32::MIN_POSITIVE, 1.0)
 }
 
