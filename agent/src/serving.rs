@@ -22,9 +22,31 @@ use defect_models::{Bundle, Model, gate};
 
 use crate::canary::Canary;
 use crate::health::Health;
-use crate::mqtt::Publisher;
-use crate::mqtt::payload::ModelInfo;
 use crate::outcome::unix_ms;
+
+/// The model in service, as it is announced (on the MQTT `model` topic in the daemon).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelInfo {
+    /// Bundle name.
+    pub name: String,
+    /// Human version string.
+    pub version: String,
+    /// Integer `model_version`.
+    pub mv: u64,
+    /// SHA-256 of the bundle file.
+    pub sha256: String,
+    /// When it went into service, Unix milliseconds.
+    pub since: u64,
+}
+
+/// Where the model in service and a refused model's error are announced: the MQTT session in
+/// the daemon. Serving reports through it and knows nothing of topics or payloads.
+pub trait ModelAnnouncer: Send + Sync + 'static {
+    /// A model went into service.
+    fn model(&self, info: ModelInfo);
+    /// A new model was refused (`Some`), or the refusal is over (`None`).
+    fn model_error(&self, error: Option<String>);
+}
 
 /// The model workers use, and the candidate they run in shadow; each swapped as a whole.
 #[derive(Debug, Default)]
@@ -288,7 +310,7 @@ pub async fn load_initial(
     report: Option<&Path>,
     slot: &ModelSlot,
     health: &Health,
-    publisher: &Publisher,
+    publisher: &impl ModelAnnouncer,
 ) -> Result<Option<String>, ServingError> {
     let source = source.clone();
     let report = report.map(Path::to_owned);
@@ -381,7 +403,7 @@ pub async fn watch_store(
     poll: Duration,
     slot: Arc<ModelSlot>,
     health: Arc<Health>,
-    publisher: Publisher,
+    publisher: impl ModelAnnouncer,
     canary: Arc<Canary>,
 ) {
     let store = Store::at(&root);

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::mqtt::settings::PayloadFormat;
 use crate::outcome::Outcome;
+pub use crate::serving::ModelInfo;
 
 /// Schema version of every payload.
 pub const SCHEMA_VERSION: u8 = 1;
@@ -172,21 +173,6 @@ pub fn heartbeat(counter: u64, ready: bool, ts_ms: u64) -> Vec<u8> {
         u8::from(ready)
     )
     .into_bytes()
-}
-
-/// What the `model` topic says about the model in service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModelInfo {
-    /// Bundle name.
-    pub name: String,
-    /// Human version string.
-    pub version: String,
-    /// Integer `model_version`.
-    pub mv: u64,
-    /// SHA-256 of the bundle file.
-    pub sha256: String,
-    /// When it went into service, Unix milliseconds.
-    pub since: u64,
 }
 
 /// Retained model description: `{"v":1,"name":..,"version":..,"mv":..,"sha256":..,"since":..}`.

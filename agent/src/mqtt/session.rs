@@ -49,6 +49,16 @@ pub struct Publisher {
     tx: mpsc::UnboundedSender<Command>,
 }
 
+impl crate::serving::ModelAnnouncer for Publisher {
+    fn model(&self, info: ModelInfo) {
+        Publisher::model(self, info);
+    }
+
+    fn model_error(&self, error: Option<String>) {
+        Publisher::model_error(self, error);
+    }
+}
+
 impl Publisher {
     /// Publishes a live decision if it can reach the broker before `deadline`; otherwise it is
     /// dropped (it is in the result log and goes out on `results`). `times` feed the publish
