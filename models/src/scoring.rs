@@ -94,7 +94,7 @@ pub fn score_set(
     options: ScoringOptions,
 ) -> Result<ScoredSet, ModelError> {
     let jobs = options.jobs.clamp(1, set.samples.len().max(1));
-    let mut slots: Vec<Option<(ScoredFrame, Option<Vec<u8>>)>> = vec![None; set.samples.len()];
+    let mut slots: Vec<Option<(ScoredFrame, Option<String>)>> = vec![None; set.samples.len()];
     let results = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..jobs)
             .map(|worker| {
@@ -122,7 +122,7 @@ pub fn score_set(
                             }
                             Err(e) => (Err(format!("cannot read: {e}")), None),
                         };
-                        let digest = bytes.map(|b| crate::bundle::sha256_hex(&b).into_bytes());
+                        let digest = bytes.map(|b| crate::bundle::sha256_hex(&b));
                         out.push((
                             index,
                             ScoredFrame {
@@ -153,7 +153,7 @@ pub fn score_set(
     let mut frames = Vec::with_capacity(slots.len());
     for (frame, digest) in slots.into_iter().flatten() {
         if let Some(digest) = digest {
-            fingerprint.add_digest(&frame.sample, &String::from_utf8_lossy(&digest));
+            fingerprint.add_digest(&frame.sample, &digest);
         }
         frames.push(frame);
     }

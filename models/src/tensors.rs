@@ -94,14 +94,23 @@ pub fn write(
                 continue;
             }
         };
-        let values: Vec<f32> = match prepared.tensor.to_plain_array_view::<f32>() {
-            Ok(view) => view.iter().copied().collect(),
+        let view = match prepared.tensor.to_plain_array_view::<f32>() {
+            Ok(view) => view,
             Err(e) => {
                 skipped.push((sample.name.clone(), format!("{e:#}")));
                 continue;
             }
         };
-        writer.push(&values).map_err(write_error(&inputs_path))?;
+        // The preprocessor builds a standard-layout array, so this borrows without a copy.
+        let copied;
+        let values = match view.as_slice() {
+            Some(values) => values,
+            None => {
+                copied = view.iter().copied().collect::<Vec<f32>>();
+                &copied
+            }
+        };
+        writer.push(values).map_err(write_error(&inputs_path))?;
         indices.push(
             sample
                 .label
