@@ -1,10 +1,16 @@
-//! `defect-agent run`: wires the components together and runs until told to stop.
+//! `defect-agent run`: builds the configured components, starts them, and stops them.
 //!
 //! This module owns the daemon's lifecycle: start-up order (result log, MQTT session, metrics
 //! listener, model validated and warmed up, then `READY=1` to systemd without waiting for the
-//! broker, then the workers and frame sources), the systemd watchdog (pinged only while the pipeline makes
-//! progress), periodic retention of the result log, and the clean shutdown on SIGTERM:
-//! `STOPPING=1`, no new frames, every frame in flight decided and logged, `offline` published.
+//! broker, then the workers, the output stage with its sinks, and the frame sources), the
+//! systemd watchdog (pinged only while the pipeline makes progress), periodic retention of the
+//! result log, and the clean shutdown on SIGTERM: `STOPPING=1`, the sources stop, every frame
+//! in flight is decided and logged (the drain waits on the pipeline going idle), the worker and
+//! writer threads are joined, every task ends, `offline` is published.
+//!
+//! Every component is started the same way: the daemon holds one shutdown token per stage of
+//! the stop (sources, then output, then background work) and one task tracker, and waits for
+//! the tracked tasks to end instead of aborting them.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -12,17 +18,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::canary::Canary;
-use crate::capture::Capture;
+use crate::canary::shadow::ShadowRun;
+use crate::capture::{Capture, CaptureWriter};
 use crate::config::{Config, LineState};
 use crate::health::Health;
 use crate::metrics::{self, Metrics};
-use crate::monitor::{self, MonitorSettings};
-use crate::pipeline::{OutputStage, Pipeline, spawn_output, spawn_workers};
+use crate::monitor::{self, LineMessage, MonitorSettings};
+use crate::mqtt::Publisher;
+use crate::pipeline::{
+    FrameHook, HookFactory, OutcomeSink, OutputStage, Pipeline, WorkerSettings, Workers,
+    spawn_workers,
+};
 use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
-use crate::sources::{hot_folder, http};
+use crate::sources::hot_folder::HotFolder;
+use crate::sources::http::HttpUpload;
+use crate::sources::{FrameSource, hot_folder, http};
+
+/// How long the tasks of a stopping stage get to end.
+const STAGE_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +90,17 @@ pub struct Running {
     pub health: Arc<Health>,
 }
 
+/// The stop signals of the daemon's stages, cancelled in this order.
+#[derive(Default)]
+struct Stops {
+    /// The frame sources.
+    sources: CancellationToken,
+    /// The output stage, once every frame in flight is decided.
+    output: CancellationToken,
+    /// Background work: store watcher, canary evidence, retention, upload, watchdog.
+    background: CancellationToken,
+}
+
 /// Runs the daemon until `shutdown` resolves, then drains and returns. `started` receives
 /// what is running once frames are taken.
 pub async fn run(
@@ -92,22 +121,7 @@ pub async fn run(
     )?;
     let health = Arc::new(Health::default());
     let recorded = Arc::new(Metrics::new(config.stations.iter().map(|s| s.id.as_str())));
-    let client_id = client_id(&config);
-    let topics = crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix);
-    let (line_states, line_inbox) = tokio::sync::mpsc::unbounded_channel();
-    let inbox = (config.monitor.line_state == LineState::Mqtt && config.monitor.camera_quiet_s > 0)
-        .then(|| crate::mqtt::session::Inbox {
-            filters: vec![topics.line_filter()],
-            forward: line_states,
-        });
-    let publisher = crate::mqtt::start(
-        &config.mqtt,
-        client_id,
-        log.clone(),
-        Arc::clone(&health),
-        Arc::clone(&recorded),
-        inbox,
-    )?;
+    let (publisher, line_states) = start_mqtt(&config, &log, &health, &recorded)?;
 
     let slot = Arc::new(ModelSlot::default());
     let station_ids: Vec<String> = config.stations.iter().map(|s| s.id.clone()).collect();
@@ -118,22 +132,26 @@ pub async fn run(
             line_always_running: config.monitor.line_state == LineState::Always,
         },
         &station_ids,
-        topics,
         Arc::clone(&slot),
-        publisher.clone(),
-        line_inbox,
+        Arc::new(publisher.clone()),
+        line_states,
     );
     // Candidates come from the model store only.
     let canary = matches!(model, ModelSource::Store(_))
         .then(|| Arc::new(Canary::new(Some(state_dir.join("canary.json")))));
     let capture_settings = config.capture_settings();
-    let capture = match &capture_settings {
-        Some(settings) => Some(Capture::start(settings, Some(Arc::clone(monitor.board())))?),
-        None => None,
+    let (capture, capture_writer) = match &capture_settings {
+        Some(settings) => {
+            let (capture, writer) = Capture::start(settings, Some(Arc::clone(monitor.board())))?;
+            (Some(capture), Some(writer))
+        }
+        None => (None, None),
     };
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
     let (pipeline, parts) =
         Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
+    let tasks = TaskTracker::new();
+    let stops = Stops::default();
     // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
     let (stop_metrics, metrics_stopped) = watch::channel(false);
     let mut metrics_address = None;
@@ -161,30 +179,33 @@ pub async fn run(
     let watch_start = start_model(&model, report, &slot, &health, &publisher).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     let workers = spawn_workers(
-        config.worker_count(),
+        WorkerSettings {
+            count: config.worker_count(),
+            slot: Arc::clone(&slot),
+            dct_scaling: config.agent.dct_scaling,
+            hooks: frame_hooks(
+                canary.as_ref(),
+                &slot,
+                config.agent.dct_scaling,
+                capture.as_ref(),
+            ),
+        },
         &parts.queue,
         &pipeline,
-        &slot,
-        config.agent.dct_scaling,
-        capture.as_ref(),
-        canary.as_ref(),
     )
     .map_err(DaemonError::Workers)?;
     drop(parts.queue);
-    let output = spawn_output(
-        OutputStage {
-            log: log.clone(),
-            publisher: publisher.clone(),
-            health: Arc::clone(&health),
-            pipeline: pipeline.clone(),
-            monitor: Some(monitor),
-        },
-        parts.outcomes,
-    );
+    let sinks: Vec<Arc<dyn OutcomeSink>> = vec![Arc::new(publisher.clone()), Arc::new(monitor)];
+    let output = OutputStage {
+        log: log.clone(),
+        health: Arc::clone(&health),
+        pipeline: pipeline.clone(),
+        sinks,
+    };
+    let output = tokio::spawn(output.run(parts.outcomes, stops.output.clone()));
 
-    let mut background = Vec::new();
     if let (ModelSource::Store(root), Some(canary)) = (&model, &canary) {
-        background.push(tokio::spawn(serving::watch_store(
+        let watch = serving::watch_store(
             root.clone(),
             watch_start,
             config.agent.model_health_file.clone(),
@@ -192,58 +213,31 @@ pub async fn run(
             Arc::clone(&slot),
             Arc::clone(&health),
             publisher.clone(),
-            Arc::clone(canary),
-        )));
-        background.push(tokio::spawn(crate::canary::publish(
-            Arc::clone(canary),
-            publisher.clone(),
-            crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix).canary(),
-        )));
+            Arc::clone(canary) as Arc<dyn serving::CandidateObserver>,
+        );
+        spawn_until(&tasks, &stops.background, watch);
+        let (evidence, topic) = (publisher.clone(), publisher.topics().canary());
+        let publish = crate::canary::publish(Arc::clone(canary), move |bytes| {
+            evidence.retained(topic.clone(), bytes);
+        });
+        spawn_until(&tasks, &stops.background, publish);
     }
-    background.push(tokio::spawn(retention(log.clone())));
+    spawn_until(&tasks, &stops.background, retention(log.clone()));
     if let (Some(capture), Some(upload)) = (
         &capture,
         capture_settings.as_ref().and_then(|s| s.upload.clone()),
     ) {
-        background.push(tokio::spawn(crate::capture::upload::run(
-            Arc::clone(capture.shared()),
-            upload,
-        )));
+        let upload = crate::capture::upload::run(Arc::clone(capture.shared()), upload);
+        spawn_until(&tasks, &stops.background, upload);
     }
-    background.push(tokio::spawn(watchdog(
-        pipeline.clone(),
-        Arc::clone(&health),
-    )));
+    drop(capture);
+    let watchdog = watchdog(pipeline.clone(), Arc::clone(&health));
+    spawn_until(&tasks, &stops.background, watchdog);
 
-    let mut folders = Vec::new();
-    for station in &config.stations {
-        if let Some(section) = &station.hot_folder {
-            folders.push(hot_folder::watch(
-                &station.id,
-                section,
-                pipeline.clone(),
-                config.agent.max_frame_bytes,
-            )?);
-        }
-    }
-    let (stop_http, http_stopped) = watch::channel(false);
-    let mut http_address = None;
-    let mut http_task = None;
-    if let Some(section) = &config.http {
-        let stations: BTreeSet<String> = config.stations.iter().map(|s| s.id.clone()).collect();
-        let (address, listener, router) = http::bind(
-            &section.listen,
-            pipeline.clone(),
-            stations,
-            Arc::clone(&health),
-            config.agent.max_frame_bytes,
-        )
-        .await?;
-        http_address = Some(address);
-        let mut stopped = http_stopped.clone();
-        http_task = Some(tokio::spawn(http::serve(listener, router, async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })));
+    let (sources, http_address) = frame_sources(&config, &health).await?;
+    for source in sources {
+        tracing::debug!(source = %source.describe(), "starting frame source");
+        source.start(pipeline.clone(), stops.sources.clone(), &tasks);
     }
     tracing::info!(
         stations = config.stations.len(),
@@ -260,33 +254,16 @@ pub async fn run(
     }
 
     shutdown.await;
-    tracing::info!(
-        in_flight = pipeline.in_flight(),
-        "stopping: no new frames; deciding the frames in flight"
-    );
-    notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    for folder in folders {
-        folder.stop();
-    }
-    let _ = stop_http.send(true);
-    let drain_limit = tokio::time::Instant::now() + deadline + Duration::from_secs(5);
-    while pipeline.in_flight() > 0 && tokio::time::Instant::now() < drain_limit {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if pipeline.in_flight() > 0 {
-        tracing::error!(
-            in_flight = pipeline.in_flight(),
-            "frames still in flight at shutdown"
-        );
-    }
-    if let Some(task) = http_task {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-    for task in background {
-        task.abort();
-    }
-    // Every live outcome is logged and completed; the output stage may stop.
-    output.abort();
+    drain(Drain {
+        pipeline,
+        deadline,
+        workers,
+        capture_writer,
+        output,
+        stops,
+        tasks,
+    })
+    .await;
     publisher.shutdown().await;
     if let Err(error) = log.sync() {
         tracing::error!(%error, "cannot flush the result log at shutdown");
@@ -296,10 +273,190 @@ pub async fn run(
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    // The worker threads are idle; they end with the process.
-    drop(workers);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the MQTT session; returns it and the line-state messages of the stations' PLCs.
+fn start_mqtt(
+    config: &Config,
+    log: &ResultLog,
+    health: &Arc<Health>,
+    recorded: &Arc<Metrics>,
+) -> Result<(Publisher, tokio::sync::mpsc::UnboundedReceiver<LineMessage>), DaemonError> {
+    let topics = crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix);
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
+    let inbox = (config.monitor.line_state == LineState::Mqtt && config.monitor.camera_quiet_s > 0)
+        .then(|| {
+            let (forward, mut messages) =
+                tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+            let line_topics = topics.clone();
+            // Ends with the session, which holds the sending side.
+            tokio::spawn(async move {
+                while let Some((topic, payload)) = messages.recv().await {
+                    match line_topics.line_station(&topic) {
+                        Some(station) => {
+                            let station = station.to_owned();
+                            let _ = line_tx.send(LineMessage { station, payload });
+                        }
+                        None => tracing::debug!(topic, "not a line-state topic"),
+                    }
+                }
+            });
+            crate::mqtt::session::Inbox {
+                filters: vec![topics.line_filter()],
+                forward,
+            }
+        });
+    let publisher = crate::mqtt::start(
+        &config.mqtt,
+        client_id(config),
+        log.clone(),
+        Arc::clone(health),
+        Arc::clone(recorded),
+        inbox,
+    )?;
+    Ok((publisher, line_rx))
+}
+
+/// The hooks every worker calls on a decided frame, in order: the canary's shadow run (its
+/// disagreements are what capture keeps first), then data capture.
+fn frame_hooks(
+    canary: Option<&Arc<Canary>>,
+    slot: &Arc<ModelSlot>,
+    dct_scaling: bool,
+    capture: Option<&Capture>,
+) -> Vec<HookFactory> {
+    let mut hooks: Vec<HookFactory> = Vec::new();
+    if let Some(canary) = canary {
+        let (canary, slot) = (Arc::clone(canary), Arc::clone(slot));
+        hooks.push(Arc::new(move || -> Box<dyn FrameHook> {
+            Box::new(ShadowRun::new(
+                Arc::clone(&canary),
+                Arc::clone(&slot),
+                dct_scaling,
+            ))
+        }));
+    }
+    if let Some(capture) = capture {
+        let capture = capture.clone();
+        hooks.push(Arc::new(move || -> Box<dyn FrameHook> {
+            Box::new(capture.clone())
+        }));
+    }
+    hooks
+}
+
+/// Builds the configured frame sources: each station's hot folder, and the HTTP upload.
+/// Returns them and the HTTP listener's address.
+async fn frame_sources(
+    config: &Config,
+    health: &Arc<Health>,
+) -> Result<(Vec<Box<dyn FrameSource>>, Option<std::net::SocketAddr>), DaemonError> {
+    let mut sources: Vec<Box<dyn FrameSource>> = Vec::new();
+    for station in &config.stations {
+        if let Some(section) = &station.hot_folder {
+            let folder = HotFolder::open(&station.id, section, config.agent.max_frame_bytes)?;
+            sources.push(Box::new(folder));
+        }
+    }
+    let mut address = None;
+    if let Some(section) = &config.http {
+        let stations: BTreeSet<String> = config.stations.iter().map(|s| s.id.clone()).collect();
+        let upload = HttpUpload::bind(
+            &section.listen,
+            stations,
+            Arc::clone(health),
+            config.agent.max_frame_bytes,
+        )
+        .await?;
+        address = Some(upload.address());
+        sources.push(Box::new(upload));
+    }
+    Ok((sources, address))
+}
+
+/// Spawns `work` on `tasks`; it ends when `stop` is cancelled.
+fn spawn_until(
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+    work: impl Future<Output = ()> + Send + 'static,
+) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = work => {}
+        }
+    });
+}
+
+/// What the shutdown stops, in order.
+struct Drain {
+    pipeline: Pipeline,
+    deadline: Duration,
+    workers: Workers,
+    capture_writer: Option<CaptureWriter>,
+    output: tokio::task::JoinHandle<()>,
+    stops: Stops,
+    tasks: TaskTracker,
+}
+
+/// The clean stop: no new frames; every frame in flight decided, logged and completed; the
+/// threads joined and the tasks ended.
+async fn drain(drain: Drain) {
+    let Drain {
+        pipeline,
+        deadline,
+        workers,
+        capture_writer,
+        output,
+        stops,
+        tasks,
+    } = drain;
+    tracing::info!(
+        in_flight = pipeline.in_flight(),
+        "stopping: no new frames; deciding the frames in flight"
+    );
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    stops.sources.cancel();
+    // An upload still being received now gets "no decision" (shutting_down) at once.
+    pipeline.close();
+    // Every frame has its deadline timer: a frame in flight is done by its deadline.
+    let limit = deadline + STAGE_GRACE;
+    if tokio::time::timeout(limit, pipeline.drained())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            in_flight = pipeline.in_flight(),
+            "frames still in flight at shutdown"
+        );
+    }
+    pipeline.stop_timers();
+    let joined = tokio::task::spawn_blocking(move || {
+        workers.stop_and_join();
+        // The workers held the last capture handles: the writer stores what it was given.
+        if let Some(writer) = capture_writer {
+            writer.join();
+        }
+    })
+    .await;
+    if let Err(error) = joined {
+        tracing::error!(%error, "cannot join the worker threads");
+    }
+    stops.output.cancel();
+    if let Err(error) = output.await {
+        tracing::error!(%error, "the output stage failed");
+    }
+    stops.background.cancel();
+    tasks.close();
+    if tokio::time::timeout(STAGE_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(tasks = tasks.len(), "tasks still running at shutdown");
+    }
 }
 
 /// Puts the first model in service; a store without a usable `current` falls back to the
@@ -310,7 +467,7 @@ async fn start_model(
     report: Option<&std::path::Path>,
     slot: &ModelSlot,
     health: &Health,
-    publisher: &crate::mqtt::Publisher,
+    publisher: &Publisher,
 ) -> Result<serving::WatchStart, DaemonError> {
     match serving::load_initial(model, report, slot, health, publisher).await {
         Ok(Some(sha)) => Ok(serving::WatchStart {

@@ -72,19 +72,19 @@ impl Health {
 
     /// Counts an outcome; late results are counted apart and do not count as frames.
     pub fn record(&self, outcome: &Outcome) {
-        if outcome.late {
+        if outcome.is_late() {
             self.late.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.outcomes.fetch_add(1, Ordering::Relaxed);
-        let counter = match outcome.result {
+        let counter = match outcome.result() {
             DecisionResult::Pass => &self.passes,
             DecisionResult::Reject => &self.rejects,
             DecisionResult::NoDecision => &self.no_decisions,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let missed = matches!(
-            outcome.reason,
+            outcome.reason(),
             Some(NoDecisionReason::Deadline | NoDecisionReason::QueueFull)
         );
         if let Ok(mut recent) = self.recent.lock() {
@@ -134,27 +134,32 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{Decided, Ruling};
+    use defect_models::Verdict;
 
     fn outcome(reason: Option<NoDecisionReason>) -> Outcome {
+        let ruling = match reason {
+            Some(reason) => Ruling::NoDecision {
+                reason,
+                detail: None,
+            },
+            None => Ruling::Decided(Decided {
+                verdict: Verdict::Pass,
+                class: 0,
+                label: String::new(),
+                confidence_permille: 0,
+                model_version: 1,
+                late: false,
+            }),
+        };
         Outcome {
             seq: 0,
             station: "a".into(),
             part: 1,
-            result: if reason.is_some() {
-                DecisionResult::NoDecision
-            } else {
-                DecisionResult::Pass
-            },
-            class: 0,
-            label: String::new(),
-            confidence_permille: 0,
-            model_version: 1,
-            reason,
-            detail: None,
             acquired_ms: 0,
             decided_ms: 0,
             latency_ms: 0,
-            late: false,
+            ruling,
         }
     }
 

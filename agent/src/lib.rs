@@ -7,9 +7,9 @@
 //! - [`config`]: the configuration file, its defaults and its validation.
 //! - [`daemon`]: `defect-agent run`: start-up order, systemd readiness and watchdog, drain on
 //!   SIGTERM.
-//! - [`sources`]: where frames come from: hot folders and HTTP upload.
-//! - [`pipeline`]: bounded queue, deadlines, inference worker threads, and the output stage
-//!   (log, then publish, then complete).
+//! - [`sources`]: where frames come from (`FrameSource`): hot folders and HTTP upload.
+//! - [`pipeline`]: bounded queue, deadlines, inference worker threads and the hooks they call
+//!   on decided frames, and the output stage (log, then the outcome sinks, then complete).
 //! - [`serving`]: the model in service, validated before it serves, swapped between frames.
 //! - [`mqtt`]: the topic contract, the broker connection and what is published when.
 //! - [`result_log`]: the local result log (sled) every outcome is written to first.
@@ -17,11 +17,11 @@
 //! - [`metrics`]: Prometheus metrics and their listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`monitor`]: line monitoring: alarms (no-decision and invalid-input rates, reject rate
 //!   band, camera quiet) and data drift against the bundle's baseline.
-//! - [`outcome`]: what was decided about one part, and the "no decision" reasons.
+//! - [`outcome`]: what was decided about one part (a decision or none, and why).
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
-//! - [`canary`]: a candidate bundle run in shadow beside the model in service, and the
-//!   evidence it earns (agreement, flips by direction, latency, skipped runs).
+//! - [`canary`]: a candidate bundle run in shadow beside the model in service (a frame hook),
+//!   and the evidence it earns (agreement, flips by direction, latency, skipped runs).
 //! - [`capture`]: frames kept for retraining: sampling, the bounded store, the resumable
 //!   upload and its central receiver, the export for training scripts.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.

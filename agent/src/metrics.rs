@@ -162,10 +162,10 @@ impl Metrics {
 
     /// Counts a live outcome; late model results are counted by `Health`, not here.
     pub fn outcome(&self, outcome: &Outcome) {
-        if outcome.late {
+        if outcome.is_late() {
             return;
         }
-        match outcome.reason {
+        match outcome.reason() {
             Some(reason) => self
                 .no_decisions
                 .get_or_create(&NoDecisionLabels {
@@ -177,8 +177,8 @@ impl Metrics {
                 .decisions
                 .get_or_create(&DecisionLabels {
                     station: outcome.station.clone(),
-                    result: outcome.result.name(),
-                    class: outcome.label.clone(),
+                    result: outcome.result().name(),
+                    class: outcome.label().to_owned(),
                 })
                 .inc(),
         };
@@ -470,24 +470,36 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::outcome::DecisionResult;
+    use crate::outcome::{Decided, DecisionResult, Ruling};
+    use defect_models::Verdict;
 
     fn outcome(result: DecisionResult, label: &str, reason: Option<NoDecisionReason>) -> Outcome {
+        let ruling = match (result, reason) {
+            (DecisionResult::NoDecision, reason) => Ruling::NoDecision {
+                reason: reason.unwrap_or(NoDecisionReason::Deadline),
+                detail: None,
+            },
+            (result, _) => Ruling::Decided(Decided {
+                verdict: if result == DecisionResult::Reject {
+                    Verdict::Reject
+                } else {
+                    Verdict::Pass
+                },
+                class: 0,
+                label: label.into(),
+                confidence_permille: 0,
+                model_version: 1,
+                late: false,
+            }),
+        };
         Outcome {
             seq: 0,
             station: "cam1".into(),
             part: 1,
-            result,
-            class: 0,
-            label: label.into(),
-            confidence_permille: 0,
-            model_version: 1,
-            reason,
-            detail: None,
             acquired_ms: 0,
             decided_ms: 0,
             latency_ms: 0,
-            late: false,
+            ruling,
         }
     }
 
@@ -512,7 +524,9 @@ mod tests {
             Some(NoDecisionReason::Deadline),
         ));
         let mut late = outcome(DecisionResult::Pass, "good", None);
-        late.late = true;
+        if let Ruling::Decided(decided) = &mut late.ruling {
+            decided.late = true;
+        }
         metrics.outcome(&late);
         let text = text(&metrics);
         for line in [

@@ -679,7 +679,8 @@ impl Default for ResultsSection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::DecisionResult;
+    use crate::outcome::{Decided, Ruling};
+    use defect_models::Verdict;
 
     const HOUR_MS: u64 = 3_600_000;
 
@@ -695,17 +696,17 @@ mod tests {
             seq: 0,
             station: "st1".to_owned(),
             part,
-            result: DecisionResult::Pass,
-            class: 0,
-            label: "ok".to_owned(),
-            confidence_permille: 990,
-            model_version: 3,
-            reason: None,
-            detail: None,
             acquired_ms: decided_ms.saturating_sub(5),
             decided_ms,
             latency_ms: 5,
-            late: false,
+            ruling: Ruling::Decided(Decided {
+                verdict: Verdict::Pass,
+                class: 0,
+                label: "ok".to_owned(),
+                confidence_permille: 990,
+                model_version: 3,
+                late: false,
+            }),
         }
     }
 

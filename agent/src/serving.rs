@@ -20,7 +20,6 @@ use defect_models::health::{self, HealthState, ModelHealth};
 use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
 
-use crate::canary::Canary;
 use crate::health::Health;
 use crate::outcome::unix_ms;
 
@@ -343,6 +342,17 @@ pub struct WatchStart {
     pub refused: Option<String>,
 }
 
+/// Told what becomes of the store's candidate as the watcher follows it (the canary's
+/// evidence).
+pub trait CandidateObserver: Send + Sync {
+    /// A candidate passed the gate and starts running in shadow.
+    fn candidate_started(&self, sha256: &str, model_version: u64);
+    /// The gate refused a candidate: it never runs.
+    fn candidate_refused(&self, sha256: &str, model_version: u64);
+    /// No candidate any more (promoted, withdrawn or rejected).
+    fn candidate_ended(&self);
+}
+
 /// The store's `candidate` as the watcher last saw it.
 #[derive(Debug, Default)]
 struct CandidateSeen {
@@ -353,7 +363,12 @@ struct CandidateSeen {
 
 /// Follows the store's `candidate` pointer: a new candidate is validated by the gate and run
 /// in shadow; a removed one, or one that became `current`, stops.
-async fn check_candidate(root: &Path, seen: &mut CandidateSeen, slot: &ModelSlot, canary: &Canary) {
+async fn check_candidate(
+    root: &Path,
+    seen: &mut CandidateSeen,
+    slot: &ModelSlot,
+    canary: &dyn CandidateObserver,
+) {
     let pointed = match Store::at(root).pointer(Pointer::Candidate) {
         Ok(pointed) => pointed,
         Err(error) => {
@@ -372,7 +387,7 @@ async fn check_candidate(root: &Path, seen: &mut CandidateSeen, slot: &ModelSlot
             tracing::info!("canary ended: no candidate in the model store");
         }
         slot.set_candidate(None);
-        canary.end();
+        canary.candidate_ended();
         return;
     };
     let (store_root, candidate) = (root.to_owned(), sha.clone());
@@ -381,12 +396,12 @@ async fn check_candidate(root: &Path, seen: &mut CandidateSeen, slot: &ModelSlot
     match loaded {
         Ok(Ok((model, info))) => {
             slot.set_candidate(Some(model));
-            canary.begin(&sha, info.mv);
+            canary.candidate_started(&sha, info.mv);
         }
         Ok(Err(error)) => {
             tracing::error!(%error, sha256 = %sha, "candidate refused by the validation gate; it does not run");
             slot.set_candidate(None);
-            canary.refused(&sha, 0);
+            canary.candidate_refused(&sha, 0);
         }
         Err(error) => tracing::error!(%error, "model loader failed"),
     }
@@ -404,7 +419,7 @@ pub async fn watch_store(
     slot: Arc<ModelSlot>,
     health: Arc<Health>,
     publisher: impl ModelAnnouncer,
-    canary: Arc<Canary>,
+    canary: Arc<dyn CandidateObserver>,
 ) {
     let store = Store::at(&root);
     let WatchStart {
@@ -416,7 +431,7 @@ pub async fn watch_store(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        check_candidate(&root, &mut candidate, &slot, &canary).await;
+        check_candidate(&root, &mut candidate, &slot, canary.as_ref()).await;
         let pointed = match store.pointer(Pointer::Current) {
             Ok(Some(sha)) => sha,
             Ok(None) => continue,

@@ -12,6 +12,7 @@
 //! bounded queue; a full queue drops the capture (counted), never delays a decision.
 
 pub mod export;
+mod hook;
 pub mod receiver;
 pub mod sampler;
 pub mod store;
@@ -88,12 +89,28 @@ impl fmt::Debug for Capture {
     }
 }
 
+/// The thread that writes captured frames to the store.
+#[derive(Debug)]
+pub struct CaptureWriter {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CaptureWriter {
+    /// Waits for the writer to store what was offered and end; it ends once every [`Capture`]
+    /// handle is dropped. Blocking.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the capture writer ended in a panic");
+        }
+    }
+}
+
 impl Capture {
     /// Opens the store and starts the writer thread; `board` tells which stations drift.
     pub fn start(
         settings: &CaptureSettings,
         board: Option<Arc<Board>>,
-    ) -> Result<Capture, CaptureError> {
+    ) -> Result<(Capture, CaptureWriter), CaptureError> {
         let evict_pending = settings.upload.is_none();
         let store = CaptureStore::open(&settings.dir, settings.max_bytes, evict_pending)?;
         tracing::info!(
@@ -110,7 +127,7 @@ impl Capture {
         });
         let (tx, rx) = crossbeam_channel::bounded::<NewCapture>(QUEUE);
         let writer = Arc::clone(&shared);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("capture-writer".into())
             .spawn(move || {
                 while let Ok(capture) = rx.recv() {
@@ -121,12 +138,13 @@ impl Capture {
                 path: settings.dir.clone(),
                 source,
             })?;
-        Ok(Capture {
+        let capture = Capture {
             tx,
             rules: settings.rules.clone(),
             board,
             shared,
-        })
+        };
+        Ok((capture, CaptureWriter { thread }))
     }
 
     /// The store and counters.

@@ -172,9 +172,9 @@ impl StationAlarms {
     /// Adds a live outcome and returns the rate alarms it raised or cleared.
     pub fn record(&mut self, outcome: &Outcome) -> Vec<AlarmEvent> {
         let seen = Seen {
-            no_decision: outcome.result == DecisionResult::NoDecision,
-            invalid: outcome.reason == Some(NoDecisionReason::UnreadableImage),
-            decided: match outcome.result {
+            no_decision: outcome.result() == DecisionResult::NoDecision,
+            invalid: outcome.reason() == Some(NoDecisionReason::UnreadableImage),
+            decided: match outcome.result() {
                 DecisionResult::Pass => Some(false),
                 DecisionResult::Reject => Some(true),
                 DecisionResult::NoDecision => None,
@@ -326,23 +326,36 @@ impl StationAlarms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{Decided, Ruling};
+    use defect_models::Verdict;
 
     fn outcome(result: DecisionResult, reason: Option<NoDecisionReason>) -> Outcome {
+        let ruling = match (result, reason) {
+            (DecisionResult::NoDecision, reason) => Ruling::NoDecision {
+                reason: reason.unwrap_or(NoDecisionReason::Deadline),
+                detail: None,
+            },
+            (result, _) => Ruling::Decided(Decided {
+                verdict: if result == DecisionResult::Reject {
+                    Verdict::Reject
+                } else {
+                    Verdict::Pass
+                },
+                class: 0,
+                label: String::new(),
+                confidence_permille: 0,
+                model_version: 1,
+                late: false,
+            }),
+        };
         Outcome {
             seq: 0,
             station: "cam1".into(),
             part: 1,
-            result,
-            class: 0,
-            label: String::new(),
-            confidence_permille: 0,
-            model_version: 1,
-            reason,
-            detail: None,
             acquired_ms: 0,
             decided_ms: 0,
             latency_ms: 0,
-            late: false,
+            ruling,
         }
     }
 

@@ -12,18 +12,7 @@ use std::collections::VecDeque;
 
 use defect_models::manifest::{Baseline, Histogram};
 
-/// Statistics of one frame the model ran on.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrameStats {
-    /// Mean pixel value of the model input, 0-255.
-    pub brightness: f32,
-    /// Pixel standard deviation of the model input, 0-255.
-    pub contrast: f32,
-    /// Highest score among the defect classes, 0-1.
-    pub defect_score: f32,
-    /// The model rejected the part.
-    pub rejected: bool,
-}
+pub use crate::outcome::FrameStats;
 
 /// The features compared against the baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

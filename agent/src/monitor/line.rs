@@ -20,13 +20,6 @@ pub fn parse_running(payload: &[u8]) -> Option<bool> {
     }
 }
 
-/// The station of a line-state topic `<prefix>/<station>/line`.
-pub fn station_of<'t>(topic: &'t str, prefix: &str) -> Option<&'t str> {
-    let rest = topic.strip_prefix(prefix)?.strip_prefix('/')?;
-    let station = rest.strip_suffix("/line")?;
-    (!station.is_empty() && !station.contains('/')).then_some(station)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,13 +43,5 @@ mod tests {
             assert_eq!(parse_running(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(parse_running(&[0xff, 0xfe]), None);
-    }
-
-    #[test]
-    fn the_station_comes_from_the_topic() {
-        assert_eq!(station_of("a/b/cam1/line", "a/b"), Some("cam1"));
-        assert_eq!(station_of("a/b/cam1/line", "a"), None);
-        assert_eq!(station_of("a/b//line", "a/b"), None);
-        assert_eq!(station_of("a/b/cam1/decision", "a/b"), None);
     }
 }

@@ -5,9 +5,10 @@
 //! the frame path: when the task falls behind, observations are dropped and counted. Per
 //! station the task keeps the rate alarms and the camera alarm (`alarms`), the line's running
 //! state from its PLC (`line`), and a drift detector against the baseline of the bundle that
-//! decided (`drift`), restarted whenever the model changes. Alarms go out retained on
-//! `P/S/alarms/<alarm>` (every one published cleared at start), drift evaluations retained on `P/S/drift`, and everything is on the
-//! [`Board`] that the metrics endpoint reads.
+//! decided (`drift`), restarted whenever the model changes. Alarm changes (every alarm reported
+//! cleared at start) and drift evaluations go to a [`Reporter`] (the MQTT session publishes them
+//! retained on `P/S/alarms/<alarm>` and `P/S/drift`), and everything is on the [`Board`] that
+//! the metrics endpoint reads.
 
 pub mod alarms;
 mod board;
@@ -25,9 +26,8 @@ pub use board::{Board, BoardMetrics};
 
 use self::alarms::{AlarmEvent, AlarmKind, AlarmSettings, StationAlarms};
 use self::drift::{DriftDetector, DriftReport, DriftSettings, FrameStats};
-use crate::mqtt::Publisher;
-use crate::mqtt::payload::{self, Topics};
-use crate::outcome::{Outcome, unix_ms};
+use crate::outcome::Outcome;
+use crate::pipeline::{Delivery, OutcomeSink};
 use crate::serving::ModelSlot;
 
 /// Observations that may wait for the monitoring task.
@@ -45,6 +45,14 @@ pub struct MonitorSettings {
     pub drift: Option<DriftSettings>,
     /// Treat every line as running (no line state from PLCs).
     pub line_always_running: bool,
+}
+
+/// Where the monitoring task reports alarm changes and drift evaluations.
+pub trait Reporter: Send + Sync {
+    /// An alarm of `station` was raised or cleared (at start, every alarm is reported cleared).
+    fn alarm(&self, station: &str, event: &AlarmEvent);
+    /// A drift evaluation of `station`'s window, against the baseline of `model_version`.
+    fn drift(&self, station: &str, report: &DriftReport, model_version: u64);
 }
 
 /// One outcome for the monitoring task.
@@ -80,15 +88,29 @@ impl Monitor {
     }
 }
 
-/// Starts the monitoring task for `stations`. `line_states` carries `(topic, payload)` of the
-/// line-state messages from the MQTT session.
+impl OutcomeSink for Monitor {
+    fn outcome(&self, outcome: &Outcome, delivery: &Delivery) {
+        self.observe(outcome, delivery.stats);
+    }
+}
+
+/// A line-state message from a station's PLC: the station and the raw payload.
+#[derive(Debug, Clone)]
+pub struct LineMessage {
+    /// The station whose line it is about.
+    pub station: String,
+    /// The payload as received.
+    pub payload: Vec<u8>,
+}
+
+/// Starts the monitoring task for `stations`, reporting to `reporter`. `line_states` carries
+/// the line-state messages of the stations' PLCs.
 pub fn start(
     settings: MonitorSettings,
     stations: &[String],
-    topics: Topics,
     slot: Arc<ModelSlot>,
-    publisher: Publisher,
-    line_states: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    reporter: Arc<dyn Reporter>,
+    line_states: mpsc::UnboundedReceiver<LineMessage>,
 ) -> Monitor {
     let (tx, rx) = mpsc::channel(QUEUE);
     let board = Arc::new(Board::new(stations));
@@ -108,9 +130,8 @@ pub fn start(
         .collect();
     let task = Task {
         settings,
-        topics,
         slot,
-        publisher,
+        reporter,
         board: Arc::clone(&board),
         watches,
     };
@@ -133,9 +154,8 @@ struct StationWatch {
 
 struct Task {
     settings: MonitorSettings,
-    topics: Topics,
     slot: Arc<ModelSlot>,
-    publisher: Publisher,
+    reporter: Arc<dyn Reporter>,
     board: Arc<Board>,
     watches: BTreeMap<String, StationWatch>,
 }
@@ -144,7 +164,7 @@ impl Task {
     async fn run(
         mut self,
         mut observations: mpsc::Receiver<Observation>,
-        mut line_states: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+        mut line_states: mpsc::UnboundedReceiver<LineMessage>,
     ) {
         let mut ticker = tokio::time::interval(CAMERA_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -157,7 +177,7 @@ impl Task {
                     None => return,
                 },
                 message = line_states.recv(), if line_open => match message {
-                    Some((topic, payload)) => self.line_state(&topic, &payload),
+                    Some(message) => self.line_state(&message.station, &message.payload),
                     None => line_open = false,
                 },
                 _ = ticker.tick() => self.judge_cameras(),
@@ -172,7 +192,7 @@ impl Task {
         };
         let mut events = Vec::new();
         let mut report = None;
-        if !outcome.late {
+        if !outcome.is_late() {
             let now = Instant::now();
             watch.last_frame = Some(now);
             watch.quiet_since = now;
@@ -181,7 +201,7 @@ impl Task {
         }
         if let (Some(settings), Some(stats)) = (&self.settings.drift, stats) {
             let (reset, evaluated) =
-                watch.drift(&self.slot, settings, outcome.model_version, &stats);
+                watch.drift(&self.slot, settings, outcome.model_version(), &stats);
             events.extend(reset);
             report = evaluated;
         }
@@ -199,19 +219,17 @@ impl Task {
         self.board.update(&outcome.station, watch, report.as_ref());
         let station = outcome.station.clone();
         if let Some(report) = report {
-            self.publish_drift(&station, &report, outcome.model_version);
+            self.reporter
+                .drift(&station, &report, outcome.model_version());
         }
         for event in events {
             self.raise(&station, &event);
         }
     }
 
-    fn line_state(&mut self, topic: &str, payload: &[u8]) {
-        let Some(station) = line::station_of(topic, self.topics.prefix()) else {
-            return;
-        };
+    fn line_state(&mut self, station: &str, payload: &[u8]) {
         let Some(watch) = self.watches.get_mut(station) else {
-            tracing::debug!(topic, "line state of a station this agent does not serve");
+            tracing::debug!(station, "line state of a station this agent does not serve");
             return;
         };
         if self.settings.line_always_running {
@@ -219,7 +237,7 @@ impl Task {
         }
         let Some(running) = line::parse_running(payload) else {
             tracing::warn!(
-                topic,
+                station,
                 payload = %String::from_utf8_lossy(payload),
                 "line state not understood; expected running/stopped, 1/0 or {{\"running\":1}}"
             );
@@ -273,10 +291,7 @@ impl Task {
                     limit,
                     window: 0,
                 };
-                self.publisher.retained(
-                    self.topics.alarm(station, kind.name()),
-                    payload::alarm(&cleared, unix_ms()),
-                );
+                self.reporter.alarm(station, &cleared);
             }
         }
     }
@@ -301,17 +316,7 @@ impl Task {
             );
         }
         self.board.count_alarm(station, event);
-        self.publisher.retained(
-            self.topics.alarm(station, event.kind.name()),
-            payload::alarm(event, unix_ms()),
-        );
-    }
-
-    fn publish_drift(&self, station: &str, report: &DriftReport, model_version: u64) {
-        self.publisher.retained(
-            self.topics.drift(station),
-            payload::drift(report, model_version, unix_ms()),
-        );
+        self.reporter.alarm(station, event);
     }
 }
 

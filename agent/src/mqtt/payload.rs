@@ -77,6 +77,13 @@ impl Topics {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+
+    /// The station of a line-state topic `<prefix>/<station>/line`.
+    pub fn line_station<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
+        let station = rest.strip_suffix("/line")?;
+        (!station.is_empty() && !station.contains('/')).then_some(station)
+    }
 }
 
 /// The live decision a PLC acts on.
@@ -88,13 +95,13 @@ pub fn decision(outcome: &Outcome, format: PayloadFormat) -> Vec<u8> {
         ("v", u64::from(SCHEMA_VERSION)),
         ("part", outcome.part),
         ("seq", outcome.seq),
-        ("r", u64::from(outcome.result.code())),
-        ("c", u64::from(outcome.class)),
-        ("conf", u64::from(outcome.confidence_permille)),
-        ("mv", outcome.model_version),
+        ("r", u64::from(outcome.result().code())),
+        ("c", u64::from(outcome.class())),
+        ("conf", u64::from(outcome.confidence_permille())),
+        ("mv", outcome.model_version()),
         ("ts", outcome.decided_ms),
         ("lat", u64::from(outcome.latency_ms)),
-        ("why", u64::from(outcome.reason.map_or(0, |r| r.code()))),
+        ("why", u64::from(outcome.reason().map_or(0, |r| r.code()))),
     ];
     let text = match format {
         PayloadFormat::Json => {
@@ -139,17 +146,17 @@ pub fn result(outcome: &Outcome) -> Vec<u8> {
         seq: outcome.seq,
         station: &outcome.station,
         part: outcome.part,
-        r: outcome.result.code(),
-        c: outcome.class,
-        label: &outcome.label,
-        conf: outcome.confidence_permille,
-        mv: outcome.model_version,
+        r: outcome.result().code(),
+        c: outcome.class(),
+        label: outcome.label(),
+        conf: outcome.confidence_permille(),
+        mv: outcome.model_version(),
         acq: outcome.acquired_ms,
         ts: outcome.decided_ms,
         lat: outcome.latency_ms,
-        why: outcome.reason.map_or(0, |r| r.code()),
-        reason: outcome.reason.map(|r| r.name()),
-        late: outcome.late,
+        why: outcome.reason().map_or(0, |r| r.code()),
+        reason: outcome.reason().map(|r| r.name()),
+        late: outcome.is_late(),
     };
     serde_json::to_vec(&record).unwrap_or_default()
 }
@@ -258,24 +265,36 @@ pub fn drift(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{DecisionResult, NoDecisionReason};
+
+    #[test]
+    fn the_line_station_comes_from_the_topic() {
+        assert_eq!(
+            Topics::new("a/b").line_station("a/b/cam1/line"),
+            Some("cam1")
+        );
+        assert_eq!(Topics::new("a").line_station("a/b/cam1/line"), None);
+        assert_eq!(Topics::new("a/b").line_station("a/b//line"), None);
+        assert_eq!(Topics::new("a/b").line_station("a/b/cam1/decision"), None);
+    }
+    use crate::outcome::{Decided, DecisionResult, NoDecisionReason, Ruling};
+    use defect_models::Verdict;
 
     fn outcome() -> Outcome {
         Outcome {
             seq: 45,
             station: "cam1".into(),
             part: 123,
-            result: DecisionResult::Reject,
-            class: 2,
-            label: "dent".into(),
-            confidence_permille: 987,
-            model_version: 3,
-            reason: None,
-            detail: None,
             acquired_ms: 1_732_399_999_990,
             decided_ms: 1_732_400_000_000,
             latency_ms: 12,
-            late: false,
+            ruling: Ruling::Decided(Decided {
+                verdict: Verdict::Reject,
+                class: 2,
+                label: "dent".into(),
+                confidence_permille: 987,
+                model_version: 3,
+                late: false,
+            }),
         }
     }
 
@@ -298,11 +317,15 @@ mod tests {
 
     #[test]
     fn decision_csv_has_the_same_fields_in_order() {
+        let text = String::from_utf8(decision(&outcome(), PayloadFormat::Csv)).expect("ascii");
+        assert_eq!(text, "1,123,45,1,2,987,3,1732400000000,12,0");
         let mut o = outcome();
-        o.result = DecisionResult::NoDecision;
-        o.reason = Some(NoDecisionReason::Deadline);
+        o.ruling = Ruling::NoDecision {
+            reason: NoDecisionReason::Deadline,
+            detail: None,
+        };
         let text = String::from_utf8(decision(&o, PayloadFormat::Csv)).expect("ascii");
-        assert_eq!(text, "1,123,45,2,2,987,3,1732400000000,12,5");
+        assert_eq!(text, "1,123,45,2,0,0,0,1732400000000,12,5");
     }
 
     #[test]

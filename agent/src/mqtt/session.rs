@@ -47,6 +47,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Publisher {
     tx: mpsc::UnboundedSender<Command>,
+    topics: Topics,
 }
 
 impl crate::serving::ModelAnnouncer for Publisher {
@@ -60,6 +61,11 @@ impl crate::serving::ModelAnnouncer for Publisher {
 }
 
 impl Publisher {
+    /// The topic names of this session's prefix.
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
     /// Publishes a live decision if it can reach the broker before `deadline`; otherwise it is
     /// dropped (it is in the result log and goes out on `results`). `times` feed the publish
     /// and end-to-end latency metrics.
@@ -142,7 +148,7 @@ pub fn start(
     let (tx, commands) = mpsc::unbounded_channel();
     let session = Session {
         link,
-        topics,
+        topics: topics.clone(),
         mqtt: mqtt.clone(),
         log,
         health,
@@ -162,7 +168,7 @@ pub fn start(
         unreachable_since_warned: None,
     };
     tokio::spawn(session.run(commands, events));
-    Ok(Publisher { tx })
+    Ok(Publisher { tx, topics })
 }
 
 struct Session {
@@ -249,7 +255,7 @@ impl Session {
                 // so it may go out a little after it: it is fail-safe (the PLC rejects the part
                 // either way) and tells the PLC at once instead of leaving it to time out. A pass
                 // or reject is never published after the deadline.
-                let deadline = if outcome.result == DecisionResult::NoDecision {
+                let deadline = if outcome.result() == DecisionResult::NoDecision {
                     deadline + NO_DECISION_GRACE
                 } else {
                     deadline

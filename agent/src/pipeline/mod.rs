@@ -6,24 +6,30 @@
 //! and the worker threads (`worker`) decode, preprocess and infer off tokio's threads. Whoever
 //! finishes first claims the frame's [`Ticket`]; a model result that comes after the deadline
 //! is kept as a late record, never published live. Outcomes go to the output stage (`output`)
-//! which logs them before anything else happens.
+//! which logs them before anything else happens and then hands them to the sinks (`sink`).
+//! Once the pipeline is closed for shutdown, a frame still submitted (an upload that was
+//! being received) gets "no decision" with the reason `shutting_down` at once.
 
+mod hooks;
 mod output;
+mod sink;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-pub use output::{OutputStage, spawn_output};
-pub use worker::spawn_workers;
+pub use hooks::{DecidedFrame, FrameHook, HookFactory};
+pub use output::OutputStage;
+pub use sink::{Delivery, OutcomeSink};
+pub use worker::{WorkerSettings, Workers, spawn_workers};
 
 use crate::metrics::{FrameTimes, Metrics};
-use crate::monitor::drift::FrameStats;
-use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
+use crate::outcome::{FrameStats, NoDecisionReason, Outcome, Ruling, unix_ms};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
 /// remove a file from the hot folder. Given the outcome and whether it was logged.
@@ -113,9 +119,21 @@ pub struct Pipeline {
     queue: crossbeam_channel::Sender<Queued>,
     emit: mpsc::UnboundedSender<Emitted>,
     deadline: Duration,
-    in_flight: Arc<AtomicUsize>,
     generated_parts: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    flight: Arc<Flight>,
+}
+
+/// Frames in flight, and what the shutdown waits on.
+struct Flight {
+    /// Frames submitted whose live outcome is not yet logged and completed.
+    count: AtomicUsize,
+    /// Notified whenever the count drops to zero.
+    idle: Notify,
+    /// Set once the pipeline takes no more frames.
+    closed: AtomicBool,
+    /// Cancelled at the end of the drain: pending deadline timers end.
+    timers: CancellationToken,
 }
 
 /// The receiving ends the workers and the output stage are built from.
@@ -140,9 +158,14 @@ impl Pipeline {
             queue,
             emit,
             deadline,
-            in_flight: Arc::new(AtomicUsize::new(0)),
             generated_parts: Arc::new(AtomicU64::new(unix_ms())),
             metrics,
+            flight: Arc::new(Flight {
+                count: AtomicUsize::new(0),
+                idle: Notify::new(),
+                closed: AtomicBool::new(false),
+                timers: CancellationToken::new(),
+            }),
         };
         (
             pipeline,
@@ -161,7 +184,32 @@ impl Pipeline {
 
     /// Frames submitted whose live outcome is not yet logged and completed.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.flight.count.load(Ordering::Acquire)
+    }
+
+    /// Takes no more frames: from now on a submitted frame gets "no decision" with the reason
+    /// `shutting_down` at once.
+    pub fn close(&self) {
+        self.flight.closed.store(true, Ordering::Release);
+    }
+
+    /// Resolves once no frame is in flight: every live outcome is logged and completed.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.flight.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read, so a drop to zero in between is not missed.
+            idle.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Ends the deadline timers of frames already decided; called once the pipeline drained.
+    pub fn stop_timers(&self) {
+        self.flight.timers.cancel();
     }
 
     /// Frames waiting in the queue for a worker.
@@ -188,7 +236,16 @@ impl Pipeline {
             claimed: AtomicBool::new(false),
             completion: Mutex::new(job.completion),
         });
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.flight.count.fetch_add(1, Ordering::AcqRel);
+        if self.flight.closed.load(Ordering::Acquire) {
+            tracing::warn!(station = %ticket.station, part = ticket.part, "frame arrived during shutdown; no decision");
+            self.no_decision(
+                &ticket,
+                NoDecisionReason::ShuttingDown,
+                Some("the agent is shutting down".into()),
+            );
+            return;
+        }
         let queued = Queued {
             bytes: job.bytes,
             ticket: Arc::clone(&ticket),
@@ -200,7 +257,10 @@ impl Pipeline {
         }
         let pipeline = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep_until(ticket.deadline).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(ticket.deadline) => {}
+                () = pipeline.flight.timers.cancelled() => return,
+            }
             if !ticket.is_claimed() {
                 let detail = format!("not decided within {} ms", pipeline.deadline.as_millis());
                 pipeline.no_decision(&ticket, NoDecisionReason::Deadline, Some(detail));
@@ -254,7 +314,9 @@ impl Pipeline {
 
     /// Called by the output stage once a live outcome is logged and completed.
     pub(crate) fn finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.flight.idle.notify_waiters();
+        }
     }
 }
 
@@ -268,17 +330,10 @@ pub(crate) fn no_decision_outcome(
         seq: 0,
         station: ticket.station.clone(),
         part: ticket.part,
-        result: DecisionResult::NoDecision,
-        class: 0,
-        label: String::new(),
-        confidence_permille: 0,
-        model_version: 0,
-        reason: Some(reason),
-        detail,
         acquired_ms: ticket.acquired_ms,
         decided_ms: unix_ms(),
         latency_ms: elapsed_ms(ticket.received),
-        late: false,
+        ruling: Ruling::NoDecision { reason, detail },
     }
 }
 

@@ -1,19 +1,20 @@
-//! The output stage: log every outcome, then publish it, then complete the frame.
+//! The output stage: log every outcome, then hand it to the sinks, then complete the frame.
 //!
 //! This module owns the order that makes "nothing lost" true: outcomes are appended to the
-//! result log in batches (one flush per batch), and only then is the live decision published
-//! and the frame completed (the HTTP answer sent, the camera's file removed). Late model
-//! results are logged and forwarded on `results`, never published as live decisions. Every
-//! outcome is also handed to line monitoring, without waiting.
+//! result log in batches (one flush per batch), and only then do the sinks get them (the live
+//! decision, line monitoring) and is the frame completed (the HTTP answer sent, the camera's
+//! file removed). Late model results are logged and handed to the sinks for the record, never
+//! completed again.
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use tokio_util::sync::CancellationToken;
+
+use super::sink::{Delivery, OutcomeSink};
 use super::{Emitted, Pipeline};
 use crate::health::Health;
-use crate::monitor::Monitor;
-use crate::mqtt::Publisher;
 use crate::result_log::ResultLog;
 
 /// Most outcomes logged with one flush.
@@ -23,28 +24,40 @@ const BATCH: usize = 64;
 pub struct OutputStage {
     /// The result log outcomes are written to first.
     pub log: ResultLog,
-    /// The MQTT session live decisions go to.
-    pub publisher: Publisher,
     /// Counters and the ready flag.
     pub health: Arc<Health>,
     /// The pipeline, told when a frame is finished.
     pub pipeline: Pipeline,
-    /// Line monitoring, handed every outcome.
-    pub monitor: Option<Monitor>,
-}
-
-/// Runs the output stage until every sender of outcomes is gone.
-pub fn spawn_output(
-    stage: OutputStage,
-    outcomes: mpsc::UnboundedReceiver<Emitted>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(stage.run(outcomes))
+    /// Everything that receives outcomes, in the order they get them.
+    pub sinks: Vec<Arc<dyn OutcomeSink>>,
 }
 
 impl OutputStage {
-    async fn run(self, mut outcomes: mpsc::UnboundedReceiver<Emitted>) {
+    /// Runs the output stage until every sender of outcomes is gone, or until `stop` is
+    /// cancelled and the outcomes already sent are handled.
+    pub async fn run(
+        self,
+        mut outcomes: mpsc::UnboundedReceiver<Emitted>,
+        stop: CancellationToken,
+    ) {
         let mut batch = Vec::with_capacity(BATCH);
-        while outcomes.recv_many(&mut batch, BATCH).await > 0 {
+        loop {
+            let received = tokio::select! {
+                biased;
+                received = outcomes.recv_many(&mut batch, BATCH) => received,
+                () = stop.cancelled() => {
+                    while batch.len() < BATCH && let Ok(emitted) = outcomes.try_recv() {
+                        batch.push(emitted);
+                    }
+                    if batch.is_empty() {
+                        return;
+                    }
+                    batch.len()
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let mut records: Vec<_> = batch.iter().map(|e| e.outcome.clone()).collect();
             let log = self.log.clone();
             let logged = tokio::task::spawn_blocking(move || {
@@ -72,7 +85,9 @@ impl OutputStage {
                 self.finish(emitted, logged);
             }
             if logged {
-                self.publisher.results_available();
+                for sink in &self.sinks {
+                    sink.logged();
+                }
             }
         }
     }
@@ -87,14 +102,19 @@ impl OutputStage {
         } = emitted;
         self.health.record(&outcome);
         self.pipeline.metrics().outcome(&outcome);
-        if let Some(monitor) = &self.monitor {
-            monitor.observe(&outcome, stats);
+        let delivery = Delivery {
+            deadline,
+            times,
+            stats,
+            logged,
+        };
+        for sink in &self.sinks {
+            sink.outcome(&outcome, &delivery);
         }
-        if outcome.late {
+        if outcome.is_late() {
             return;
         }
-        self.publisher.decision(&outcome, deadline, times);
-        tracing::debug!(station = %outcome.station, part = outcome.part, seq = outcome.seq, result = outcome.result.name(), label = %outcome.label, latency_ms = outcome.latency_ms, "decided");
+        tracing::debug!(station = %outcome.station, part = outcome.part, seq = outcome.seq, result = outcome.result().name(), label = %outcome.label(), latency_ms = outcome.latency_ms, "decided");
         if let Some(completion) = completion {
             completion(&outcome, logged);
         }

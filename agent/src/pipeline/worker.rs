@@ -4,9 +4,9 @@
 //! at a time each, off tokio's threads (tract runs one inference on one thread). A worker takes
 //! the model in service for every frame, so a new model takes over at a frame boundary; it
 //! skips frames whose deadline already answered for them, and turns every failure into a
-//! "no decision" with its reason. After a frame's live outcome is on its way, a worker runs
-//! the canary candidate on the same frame unless frames wait that no idle worker would take,
-//! and offers the frame to data capture.
+//! "no decision" with its reason. After a frame's live outcome is on its way, the worker
+//! calls its hooks (`hooks`: the canary's shadow run, data capture) on the decided frame.
+//! The threads end when the pipeline's workers are stopped, and are joined.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,82 +14,137 @@ use std::thread::JoinHandle;
 
 use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
 
+use super::hooks::{DecidedFrame, FrameHook, HookFactory};
 use super::{Pipeline, Queued, Ticket, elapsed_ms};
-use crate::canary::{Canary, Side};
-use crate::capture::Capture;
-use crate::monitor::drift::FrameStats;
-use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
+use crate::outcome::{Decided, FrameStats, NoDecisionReason, Outcome, Ruling, unix_ms};
 use crate::serving::ModelSlot;
 
-/// Starts `count` worker threads on the pipeline's queue; they stop when the queue closes.
+/// The running worker threads.
+pub struct Workers {
+    threads: Vec<JoinHandle<()>>,
+    stop: Option<crossbeam_channel::Sender<()>>,
+}
+
+impl Workers {
+    /// How many threads run.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Whether no thread runs.
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+
+    /// Stops the threads once the frames queued now are done, and waits for them to end.
+    /// Blocking: call it from a blocking context.
+    pub fn stop_and_join(mut self) {
+        drop(self.stop.take());
+        for thread in self.threads.drain(..) {
+            let name = thread.thread().name().map(str::to_owned);
+            if thread.join().is_err() {
+                tracing::error!(thread = ?name, "an inference worker ended in a panic");
+            }
+        }
+    }
+}
+
+/// What the workers run with.
+pub struct WorkerSettings {
+    /// Threads to start.
+    pub count: usize,
+    /// Where the model in service is taken from, per frame.
+    pub slot: Arc<ModelSlot>,
+    /// Decode large JPEGs at a reduced DCT scale when the model needs fewer pixels.
+    pub dct_scaling: bool,
+    /// The hooks called on every decided frame, in order; one of each per thread.
+    pub hooks: Vec<HookFactory>,
+}
+
+/// Starts the worker threads on the pipeline's queue.
 pub fn spawn_workers(
-    count: usize,
+    settings: WorkerSettings,
     queue: &crossbeam_channel::Receiver<Queued>,
     pipeline: &Pipeline,
-    slot: &Arc<ModelSlot>,
-    dct_scaling: bool,
-    capture: Option<&Capture>,
-    canary: Option<&Arc<Canary>>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
+) -> std::io::Result<Workers> {
     let busy = Arc::new(AtomicUsize::new(0));
-    (0..count)
-        .map(|index| {
-            let worker = Worker {
-                busy: Arc::clone(&busy),
-                count,
-                queue: queue.clone(),
-                pipeline: pipeline.clone(),
-                slot: Arc::clone(slot),
-                dct_scaling,
-                classifier: None,
-                capture: capture.cloned(),
-                canary: canary.cloned(),
-                shadow: None,
-            };
-            std::thread::Builder::new()
-                .name(format!("inference-{index}"))
-                .spawn(move || worker.run())
-        })
-        .collect()
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+    let mut threads = Vec::with_capacity(settings.count);
+    for index in 0..settings.count {
+        let worker = Worker {
+            busy: Arc::clone(&busy),
+            count: settings.count,
+            queue: queue.clone(),
+            stopped: stopped.clone(),
+            pipeline: pipeline.clone(),
+            slot: Arc::clone(&settings.slot),
+            dct_scaling: settings.dct_scaling,
+            classifier: None,
+            hooks: settings.hooks.iter().map(|make| make()).collect(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("inference-{index}"))
+            .spawn(move || worker.run());
+        match spawned {
+            Ok(thread) => threads.push(thread),
+            Err(error) => {
+                Workers {
+                    threads,
+                    stop: Some(stop),
+                }
+                .stop_and_join();
+                return Err(error);
+            }
+        }
+    }
+    Ok(Workers {
+        threads,
+        stop: Some(stop),
+    })
 }
 
 struct Worker {
-    /// Workers deciding a frame (or running one in shadow) now.
+    /// Workers deciding a frame (or running its hooks) now.
     busy: Arc<AtomicUsize>,
     /// Workers in all.
     count: usize,
     queue: crossbeam_channel::Receiver<Queued>,
+    /// Disconnected when the workers are to stop.
+    stopped: crossbeam_channel::Receiver<()>,
     pipeline: Pipeline,
     slot: Arc<ModelSlot>,
     dct_scaling: bool,
     /// The classifier of the model this worker last ran.
     classifier: Option<Classifier>,
-    /// Data capture, offered every decided frame.
-    capture: Option<Capture>,
-    /// The canary's evidence, when candidates may run in shadow.
-    canary: Option<Arc<Canary>>,
-    /// The classifier of the candidate this worker last ran in shadow.
-    shadow: Option<Classifier>,
+    /// Called on every decided frame, after its outcome is on its way.
+    hooks: Vec<Box<dyn FrameHook>>,
 }
 
 impl Worker {
     fn run(mut self) {
-        while let Ok(frame) = self.queue.recv() {
+        loop {
+            let frame = crossbeam_channel::select! {
+                recv(self.queue) -> frame => frame,
+                recv(self.stopped) -> _ => self.queue.try_recv().map_err(|_| crossbeam_channel::RecvError),
+            };
+            let Ok(frame) = frame else {
+                return;
+            };
             self.busy.fetch_add(1, Ordering::AcqRel);
             self.decide(frame);
             self.busy.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    fn decide(&mut self, mut frame: Queued) {
-        let ticket = &frame.ticket;
+    fn decide(&mut self, frame: Queued) {
+        let Queued { bytes, ticket } = frame;
         if ticket.is_claimed() {
             // Its deadline passed while it waited; "no decision" is already out.
             return;
         }
         let Some(model) = self.slot.current() else {
             self.pipeline.no_decision(
-                ticket,
+                &ticket,
                 NoDecisionReason::NoModel,
                 Some("no validated model is loaded".into()),
             );
@@ -99,50 +154,16 @@ impl Worker {
             Ok(classifier) => classifier,
             Err(error) => {
                 tracing::error!(model = %model.manifest().name, %error, "cannot start the classifier");
-                self.pipeline
-                    .no_decision(ticket, NoDecisionReason::InferenceError, Some(error));
+                self.pipeline.no_decision(
+                    &ticket,
+                    NoDecisionReason::InferenceError,
+                    Some(error.to_string()),
+                );
                 return;
             }
         };
-        match classifier.classify_bytes(&frame.bytes) {
-            Ok(result) => {
-                self.pipeline.metrics().classified(&result.timings);
-                let mut outcome = decided(ticket, &model, &result);
-                let stats = Some(frame_stats(&model, &result));
-                let live = ticket.claim();
-                if live {
-                    self.pipeline.emit_live(outcome, ticket, stats);
-                } else {
-                    outcome.late = true;
-                    tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
-                    self.pipeline.emit_late(outcome, ticket, stats);
-                }
-                // After the outcome is on its way: the shadow run and capture never delay a
-                // decision.
-                let disagreement = self.shadow(&frame.bytes, &model, &result);
-                if let Some(capture) = &self.capture {
-                    let bytes = std::mem::take(&mut frame.bytes);
-                    let ticket = &frame.ticket;
-                    match disagreement {
-                        Some((candidate, shadow)) => capture.offer_disagreement(
-                            &ticket.station,
-                            ticket.part,
-                            ticket.acquired_ms,
-                            (&model, &result),
-                            (&candidate, &shadow),
-                            bytes,
-                        ),
-                        None => capture.offer(
-                            &ticket.station,
-                            ticket.part,
-                            ticket.acquired_ms,
-                            &model,
-                            &result,
-                            bytes,
-                        ),
-                    }
-                }
-            }
+        let result = match classifier.classify_bytes(&bytes) {
+            Ok(result) => result,
             Err(error) => {
                 let reason = match error {
                     ClassifyError::Decode(_) | ClassifyError::Preprocess(_) => {
@@ -152,85 +173,67 @@ impl Worker {
                 };
                 tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), %error, "no decision");
                 self.pipeline
-                    .no_decision(ticket, reason, Some(error.to_string()));
-            }
-        }
-    }
-
-    /// Runs the candidate in shadow on a frame the model in service decided, unless more
-    /// frames wait than there are idle workers to take them (then the run is skipped and
-    /// counted: a shadow run never keeps a waiting frame from a worker). Returns the
-    /// candidate and its result when the two models disagree.
-    fn shadow(
-        &mut self,
-        bytes: &[u8],
-        model: &Arc<Model>,
-        live: &Classification,
-    ) -> Option<(Arc<Model>, Classification)> {
-        let canary = self.canary.clone()?;
-        let candidate = self.slot.candidate()?;
-        if candidate.digest() == model.digest() {
-            return None;
-        }
-        let idle = self.count.saturating_sub(self.busy.load(Ordering::Acquire));
-        if self.pipeline.queue_depth() > idle {
-            canary.skipped();
-            return None;
-        }
-        let stale = self
-            .shadow
-            .as_ref()
-            .is_none_or(|c| c.model().digest() != candidate.digest());
-        if stale {
-            match candidate.classifier() {
-                Ok(mut classifier) => {
-                    classifier.set_decode_options(DecodeOptions::default(), self.dct_scaling);
-                    self.shadow = Some(classifier);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot start the candidate's classifier");
-                    canary.candidate_failed();
-                    return None;
-                }
-            }
-        }
-        let shadow = self.shadow.as_mut()?.classify_bytes(bytes);
-        let result = match shadow {
-            Ok(result) => result,
-            Err(error) => {
-                tracing::debug!(%error, "the candidate failed on a frame");
-                canary.candidate_failed();
-                return None;
+                    .no_decision(&ticket, reason, Some(error.to_string()));
+                return;
             }
         };
-        let disagree = canary.compare(
-            Side {
-                result: live,
-                labels: &model.manifest().output.labels,
-            },
-            model.manifest().model_version,
-            Side {
-                result: &result,
-                labels: &candidate.manifest().output.labels,
-            },
-        );
-        disagree.then_some((candidate, result))
+        self.pipeline.metrics().classified(&result.timings);
+        let mut outcome = decided(&ticket, &model, &result);
+        let stats = Some(frame_stats(&model, &result));
+        if ticket.claim() {
+            self.pipeline.emit_live(outcome, &ticket, stats);
+        } else {
+            if let Ruling::Decided(decided) = &mut outcome.ruling {
+                decided.late = true;
+            }
+            tracing::warn!(station = %ticket.station, part = ticket.part, latency_ms = outcome.latency_ms, "decision came after the deadline; recorded, not published");
+            self.pipeline.emit_late(outcome, &ticket, stats);
+        }
+        // The outcome is on its way: the hooks never delay a decision.
+        self.run_hooks(&ticket, bytes, &model, &result);
+    }
+
+    /// Calls the hooks on a decided frame.
+    fn run_hooks(
+        &mut self,
+        ticket: &Ticket,
+        bytes: Vec<u8>,
+        model: &Arc<Model>,
+        result: &Classification,
+    ) {
+        if self.hooks.is_empty() {
+            return;
+        }
+        let idle = self.count.saturating_sub(self.busy.load(Ordering::Acquire));
+        let mut frame = DecidedFrame {
+            station: &ticket.station,
+            part: ticket.part,
+            acquired_ms: ticket.acquired_ms,
+            bytes,
+            model,
+            result,
+            frames_waiting: self.pipeline.queue_depth() > idle,
+            disagreement: None,
+        };
+        for hook in &mut self.hooks {
+            hook.after_decision(&mut frame);
+        }
     }
 
     /// The classifier for `model`, rebuilt when the model in service changed.
-    fn classifier_for(&mut self, model: &Arc<Model>) -> Result<&mut Classifier, String> {
-        let stale = self
-            .classifier
-            .as_ref()
-            .is_none_or(|c| c.model().digest() != model.digest());
-        if stale {
-            let mut classifier = model.classifier().map_err(|e| e.to_string())?;
-            classifier.set_decode_options(DecodeOptions::default(), self.dct_scaling);
-            self.classifier = Some(classifier);
-        }
-        self.classifier
-            .as_mut()
-            .ok_or_else(|| "classifier missing".to_owned())
+    fn classifier_for(
+        &mut self,
+        model: &Arc<Model>,
+    ) -> Result<&mut Classifier, defect_models::ModelError> {
+        let classifier = match self.classifier.take() {
+            Some(classifier) if classifier.model().digest() == model.digest() => classifier,
+            _ => {
+                let mut classifier = model.classifier()?;
+                classifier.set_decode_options(DecodeOptions::default(), self.dct_scaling);
+                classifier
+            }
+        };
+        Ok(self.classifier.insert(classifier))
     }
 }
 
@@ -259,25 +262,22 @@ fn decided(ticket: &Ticket, model: &Model, result: &Classification) -> Outcome {
         seq: 0,
         station: ticket.station.clone(),
         part: ticket.part,
-        result: match decision.verdict {
-            Verdict::Pass => DecisionResult::Pass,
-            Verdict::Reject => DecisionResult::Reject,
-        },
-        class: u16::try_from(decision.class).unwrap_or(u16::MAX),
-        label: model
-            .manifest()
-            .output
-            .labels
-            .get(decision.class)
-            .cloned()
-            .unwrap_or_default(),
-        confidence_permille: Outcome::permille(decision.confidence),
-        model_version: model.manifest().model_version,
-        reason: None,
-        detail: None,
         acquired_ms: ticket.acquired_ms,
         decided_ms: unix_ms(),
         latency_ms: elapsed_ms(ticket.received),
-        late: false,
+        ruling: Ruling::Decided(Decided {
+            verdict: decision.verdict,
+            class: u16::try_from(decision.class).unwrap_or(u16::MAX),
+            label: model
+                .manifest()
+                .output
+                .labels
+                .get(decision.class)
+                .cloned()
+                .unwrap_or_default(),
+            confidence_permille: Outcome::permille(decision.confidence),
+            model_version: model.manifest().model_version,
+            late: false,
+        }),
     }
 }

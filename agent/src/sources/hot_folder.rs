@@ -16,6 +16,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::FrameSource;
 use crate::outcome::{NoDecisionReason, unix_ms};
 use crate::pipeline::{Completion, FrameJob, Pipeline};
 
@@ -48,17 +52,14 @@ pub enum HotFolderError {
     },
 }
 
-/// A running hot-folder watch; dropping it stops the watch.
+/// A station's hot folder, watched and ready to deliver frames.
 pub struct HotFolder {
-    _watcher: notify::RecommendedWatcher,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl HotFolder {
-    /// Stops taking new files.
-    pub fn stop(self) {
-        self.task.abort();
-    }
+    station: String,
+    section: HotFolderSection,
+    pattern: regex::Regex,
+    max_frame_bytes: u64,
+    watcher: notify::RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<PathBuf>,
 }
 
 /// Whether a file name is a temporary one a camera writes before renaming it into place.
@@ -67,6 +68,7 @@ pub fn is_temporary(name: &str) -> bool {
     name.starts_with('.') || SUFFIXES.iter().any(|s| name.ends_with(s))
 }
 
+/// A watched folder's frame path, shared by its task and its completions.
 struct Station {
     id: String,
     section: HotFolderSection,
@@ -77,98 +79,142 @@ struct Station {
     taken: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
-/// Starts watching the station's hot folder.
-pub fn watch(
-    station: &str,
-    section: &HotFolderSection,
-    pipeline: Pipeline,
-    max_frame_bytes: u64,
-) -> Result<HotFolder, HotFolderError> {
-    let folder = section.path.clone();
-    if let Err(source) = std::fs::read_dir(&folder) {
-        return Err(HotFolderError::Folder {
-            path: folder,
-            source,
-        });
-    }
-    if let (AfterDecision::Move, Some(to)) = (section.after, &section.move_to) {
-        std::fs::create_dir_all(to).map_err(|source| HotFolderError::Folder {
-            path: to.clone(),
-            source,
+impl HotFolder {
+    /// Watches the station's hot folder (from now on, so no file closed before the start is
+    /// missed); frames are delivered once the source is started.
+    pub fn open(
+        station: &str,
+        section: &HotFolderSection,
+        max_frame_bytes: u64,
+    ) -> Result<HotFolder, HotFolderError> {
+        let folder = section.path.clone();
+        if let Err(source) = std::fs::read_dir(&folder) {
+            return Err(HotFolderError::Folder {
+                path: folder,
+                source,
+            });
+        }
+        if let (AfterDecision::Move, Some(to)) = (section.after, &section.move_to) {
+            std::fs::create_dir_all(to).map_err(|source| HotFolderError::Folder {
+                path: to.clone(),
+                source,
+            })?;
+        }
+        let pattern = regex::Regex::new(&section.part_id_pattern).map_err(|source| {
+            HotFolderError::Pattern {
+                station: station.to_owned(),
+                source,
+            }
         })?;
-    }
-    let pattern =
-        regex::Regex::new(&section.part_id_pattern).map_err(|source| HotFolderError::Pattern {
+        let (tx, events) = mpsc::unbounded_channel::<PathBuf>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Some(path) = event.ok().as_ref().and_then(complete_file) {
+                    let _ = tx.send(path);
+                }
+            })
+            .map_err(|source| HotFolderError::Watch {
+                path: folder.clone(),
+                source,
+            })?;
+        watcher
+            .watch(&folder, RecursiveMode::NonRecursive)
+            .map_err(|source| HotFolderError::Watch {
+                path: folder.clone(),
+                source,
+            })?;
+        Ok(HotFolder {
             station: station.to_owned(),
-            source,
-        })?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let complete = match event.kind {
-            EventKind::Access(notify::event::AccessKind::Close(
-                notify::event::AccessMode::Write,
-            )) => event.paths.first().cloned(),
-            EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::To)) => {
-                event.paths.first().cloned()
-            }
-            EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::Both)) => {
-                event.paths.get(1).cloned()
-            }
-            _ => None,
-        };
-        if let Some(path) = complete {
-            let _ = tx.send(path);
+            section: section.clone(),
+            pattern,
+            max_frame_bytes,
+            watcher,
+            events,
+        })
+    }
+}
+
+/// The file an event says is complete: closed after writing, or renamed into the folder.
+fn complete_file(event: &notify::Event) -> Option<PathBuf> {
+    match event.kind {
+        EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write)) => {
+            event.paths.first().cloned()
         }
-    })
-    .map_err(|source| HotFolderError::Watch {
-        path: folder.clone(),
-        source,
-    })?;
-    watcher
-        .watch(&folder, RecursiveMode::NonRecursive)
-        .map_err(|source| HotFolderError::Watch {
-            path: folder.clone(),
-            source,
-        })?;
-    let station_id = station.to_owned();
-    let station = Arc::new(Station {
-        id: station.to_owned(),
-        section: section.clone(),
-        pattern,
-        pipeline,
-        max_frame_bytes,
-        taken: Arc::new(Mutex::new(HashSet::new())),
-    });
-    let (settled, recent) = existing_files(&folder);
-    let task = tokio::spawn(async move {
-        for path in settled {
-            station.take(path).await;
+        EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::To)) => {
+            event.paths.first().cloned()
         }
-        let mut recheck = Box::pin(tokio::time::sleep(SETTLE));
-        let mut recent = Some(recent);
-        loop {
-            tokio::select! {
-                path = rx.recv() => match path {
-                    Some(path) => station.take(path).await,
-                    None => return,
-                },
-                () = &mut recheck, if recent.is_some() => {
-                    // Files that were new at start-up and have not changed since.
-                    for path in recent.take().unwrap_or_default() {
-                        if modified_before(&path, SETTLE) {
-                            station.take(path).await;
+        EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::Both)) => {
+            event.paths.get(1).cloned()
+        }
+        _ => None,
+    }
+}
+
+impl FrameSource for HotFolder {
+    fn describe(&self) -> String {
+        format!(
+            "hot folder {} (station {})",
+            self.section.path.display(),
+            self.station
+        )
+    }
+
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        let HotFolder {
+            station,
+            section,
+            pattern,
+            max_frame_bytes,
+            watcher,
+            mut events,
+        } = *self;
+        let folder = section.path.clone();
+        tracing::info!(station = %station, folder = %folder.display(), "watching hot folder");
+        let station = Arc::new(Station {
+            id: station,
+            section,
+            pattern,
+            pipeline,
+            max_frame_bytes,
+            taken: Arc::new(Mutex::new(HashSet::new())),
+        });
+        let (settled, recent) = existing_files(&folder);
+        tasks.spawn(async move {
+            // The watch lasts as long as the task.
+            let _watcher = watcher;
+            for path in settled {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                station.take(path).await;
+            }
+            let mut recheck = Box::pin(tokio::time::sleep(SETTLE));
+            let mut recent = Some(recent);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => return,
+                    path = events.recv() => match path {
+                        Some(path) => station.take(path).await,
+                        None => return,
+                    },
+                    () = &mut recheck, if recent.is_some() => {
+                        // Files that were new at start-up and have not changed since.
+                        for path in recent.take().unwrap_or_default() {
+                            if modified_before(&path, SETTLE) {
+                                station.take(path).await;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
-    tracing::info!(station = %station_id, folder = %folder.display(), "watching hot folder");
-    Ok(HotFolder {
-        _watcher: watcher,
-        task,
-    })
+        });
+    }
 }
 
 /// How long a file found at start-up must have been unchanged before it is taken without a

@@ -19,6 +19,10 @@ use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::FrameSource;
 use crate::health::Health;
 use crate::outcome::{Outcome, unix_ms};
 use crate::pipeline::{FrameJob, Pipeline};
@@ -63,52 +67,83 @@ struct Answer<'a> {
     detail: Option<&'a str>,
 }
 
-/// Binds the listener; the returned server runs until `shutdown` resolves.
-pub async fn bind(
-    listen: &str,
-    pipeline: Pipeline,
+/// The HTTP upload endpoint, bound and ready to serve.
+pub struct HttpUpload {
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
     stations: BTreeSet<String>,
     health: Arc<Health>,
     max_frame_bytes: u64,
-) -> Result<(SocketAddr, tokio::net::TcpListener, Router), HttpError> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| HttpError {
+}
+
+impl HttpUpload {
+    /// Binds the listener, so a taken port fails the start-up; requests are served once the
+    /// source is started.
+    pub async fn bind(
+        listen: &str,
+        stations: BTreeSet<String>,
+        health: Arc<Health>,
+        max_frame_bytes: u64,
+    ) -> Result<HttpUpload, HttpError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| HttpError {
+                address: listen.to_owned(),
+                source,
+            })?;
+        let address = listener.local_addr().map_err(|source| HttpError {
             address: listen.to_owned(),
             source,
         })?;
-    let address = listener.local_addr().map_err(|source| HttpError {
-        address: listen.to_owned(),
-        source,
-    })?;
-    let state = AppState {
-        pipeline,
-        stations: Arc::new(stations),
-        health,
-    };
-    let limit = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
-    let router = Router::new()
-        .route("/v1/stations/{station}/frames", post(upload))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state);
-    tracing::info!(%address, "HTTP frame upload listening");
-    Ok((address, listener, router))
+        Ok(HttpUpload {
+            listener,
+            address,
+            stations,
+            health,
+            max_frame_bytes,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; in-flight uploads still get
-/// their answers.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "HTTP server failed");
+impl FrameSource for HttpUpload {
+    fn describe(&self) -> String {
+        format!("HTTP upload on {}", self.address)
+    }
+
+    fn start(
+        self: Box<Self>,
+        pipeline: Pipeline,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) {
+        let state = AppState {
+            pipeline,
+            stations: Arc::new(self.stations),
+            health: self.health,
+        };
+        let limit = usize::try_from(self.max_frame_bytes).unwrap_or(usize::MAX);
+        let router = Router::new()
+            .route("/v1/stations/{station}/frames", post(upload))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(ready))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(state);
+        tracing::info!(address = %self.address, "HTTP frame upload listening");
+        let listener = self.listener;
+        // In-flight uploads still get their answers after the shutdown begins.
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
     }
 }
 
@@ -178,15 +213,15 @@ fn answer_of(outcome: &Outcome) -> Response {
         station: &outcome.station,
         part: outcome.part,
         seq: outcome.seq,
-        result: outcome.result.name(),
-        r: outcome.result.code(),
-        class: &outcome.label,
-        c: outcome.class,
-        conf: outcome.confidence_permille,
-        mv: outcome.model_version,
+        result: outcome.result().name(),
+        r: outcome.result().code(),
+        class: outcome.label(),
+        c: outcome.class(),
+        conf: outcome.confidence_permille(),
+        mv: outcome.model_version(),
         lat: outcome.latency_ms,
-        reason: outcome.reason.map(|r| r.name()),
-        detail: outcome.detail.as_deref(),
+        reason: outcome.reason().map(|r| r.name()),
+        detail: outcome.detail(),
     };
     (StatusCode::OK, axum::Json(answer)).into_response()
 }

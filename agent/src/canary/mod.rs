@@ -6,10 +6,12 @@
 //! a defect the candidate would let through, the costly one; and a different defect class),
 //! each model's inference time on the same frames, candidate failures, and shadow runs
 //! skipped because the box was busy. The inference workers record into [`Canary`] after a
-//! frame's live outcome is on its way; the candidate never decides a live frame. A task
-//! publishes the evidence retained on `P/canary` and to `<state_dir>/canary.json` (read by
-//! the updater, and by the next agent: evidence for the same candidate is resumed after a
-//! restart, never invented).
+//! frame's live outcome is on its way (`shadow`, a frame hook); the candidate never decides a
+//! live frame. A task reports the evidence (the MQTT session publishes it retained on
+//! `P/canary`) and writes it to `<state_dir>/canary.json` (read by the updater, and by the next
+//! agent: evidence for the same candidate is resumed after a restart, never invented).
+
+pub mod shadow;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -23,8 +25,8 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use serde::{Deserialize, Serialize};
 
-use crate::mqtt::Publisher;
 use crate::outcome::unix_ms;
+use crate::serving::CandidateObserver;
 
 /// Inference times kept per model for the medians.
 const LATENCY_SAMPLES: usize = 1000;
@@ -318,9 +320,9 @@ pub fn payload(evidence: Option<&Evidence>) -> Vec<u8> {
     }
 }
 
-/// Publishes the evidence when it changed, at most every second, retained on `topic` and to
-/// the evidence file.
-pub async fn publish(canary: Arc<Canary>, publisher: Publisher, topic: String) {
+/// Reports the evidence when it changed, at most every second: its payload to `report`, and
+/// the evidence to the evidence file.
+pub async fn publish(canary: Arc<Canary>, report: impl Fn(Vec<u8>) + Send) {
     let mut ticker = tokio::time::interval(PUBLISH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -330,7 +332,7 @@ pub async fn publish(canary: Arc<Canary>, publisher: Publisher, topic: String) {
         }
         let evidence = canary.evidence();
         let bytes = payload(evidence.as_ref());
-        publisher.retained(topic.clone(), bytes.clone());
+        report(bytes.clone());
         if let Some(file) = canary.file.clone() {
             let written = tokio::task::spawn_blocking(move || match &evidence {
                 Some(_) => defect_models::atomic::write(&file, &bytes),
@@ -344,6 +346,20 @@ pub async fn publish(canary: Arc<Canary>, publisher: Publisher, topic: String) {
                 tracing::warn!(%error, "cannot write the canary evidence file");
             }
         }
+    }
+}
+
+impl CandidateObserver for Canary {
+    fn candidate_started(&self, sha256: &str, model_version: u64) {
+        self.begin(sha256, model_version);
+    }
+
+    fn candidate_refused(&self, sha256: &str, model_version: u64) {
+        self.refused(sha256, model_version);
+    }
+
+    fn candidate_ended(&self) {
+        self.end();
     }
 }
 
