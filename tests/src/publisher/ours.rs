@@ -202,8 +202,8 @@ impl Publisher for OwnRepo {
         let metadata = self.repo.join("metadata");
         let path = metadata.join(format!("{newest}.root.json"));
         let text = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let mut root: serde_json::Value = serde_json::from_slice(&text)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut root: serde_json::Value =
+            serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let count = root["signatures"].as_array().map_or(0, Vec::len);
         assert!(count >= 2, "{}: {root}", path.display());
         if let Some(signatures) = root["signatures"].as_array_mut() {

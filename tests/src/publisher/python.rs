@@ -34,7 +34,13 @@ impl PyRepo {
     /// `add-target` of bundle bytes under target name `name`, claiming `model_version`
     /// whatever the bundle says (python-tuf checks nothing about versions), with extra
     /// arguments (`--lines`, `--stations`); returns the bundle's SHA-256.
-    pub fn publish_as(&self, name: &str, bytes: &[u8], model_version: u64, extra: &[&str]) -> String {
+    pub fn publish_as(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        model_version: u64,
+        extra: &[&str],
+    ) -> String {
         let (model, _, version) = manifest_facts(bytes);
         let sha = defect_models::bundle::sha256_hex(bytes);
         let file = bundles::write(self.dir.path(), &format!("{sha}.dmb"), bytes);
@@ -124,7 +130,11 @@ impl Publisher for PyRepo {
 
     fn publish_under_root_below_threshold(&self, bytes: &[u8]) -> String {
         let forged = self.run("sign-root-below-threshold", &["--replace-role", "targets"]);
-        assert_eq!(forged["signed_by"].as_array().map(Vec::len), Some(1), "{forged}");
+        assert_eq!(
+            forged["signed_by"].as_array().map(Vec::len),
+            Some(1),
+            "{forged}"
+        );
         self.publish(bytes)
     }
 }

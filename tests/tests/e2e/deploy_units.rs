@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use defect_e2e::agent_process::{AgentProcess, AgentSettings};
 use defect_e2e::broker::{Mosquitto, free_port};
-use defect_e2e::repo_server::RepoServer;
 use defect_e2e::publisher::OwnRepo;
+use defect_e2e::repo_server::RepoServer;
 use defect_e2e::updater_box::{BoxSettings, EdgeLine, describe};
 use defect_e2e::{binary, bundles, repo_root, sample_frames};
 use defect_models::store::{Pointer, Store};

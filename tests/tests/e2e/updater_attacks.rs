@@ -8,7 +8,7 @@
 //! `updater_attacks::python_tuf::`.
 
 use defect_e2e::bundles;
-use defect_e2e::publisher::{OwnRepo, PyRepo, Publisher, Role, Scope};
+use defect_e2e::publisher::{OwnRepo, Publisher, PyRepo, Role, Scope};
 use defect_e2e::repo_server::{Fault, RepoServer};
 use defect_e2e::updater_box::{
     BoxSettings, EdgeLine, UpdaterBox, copy_dir, describe, faketime, no_target_download_since,

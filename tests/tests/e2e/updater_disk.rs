@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::{Fault, RepoServer};
 use defect_e2e::tmpfs::{Tmpfs, fill};
-use defect_e2e::publisher::OwnRepo;
 use defect_e2e::updater_box::{BoxSettings, UpdaterBox, describe};
 
 #[test]

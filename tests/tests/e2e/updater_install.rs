@@ -3,8 +3,8 @@
 //! trying and committing or reverting is in `updater_attacks.rs`, for each publisher.
 
 use defect_e2e::bundles;
-use defect_e2e::repo_server::RepoServer;
 use defect_e2e::publisher::OwnRepo;
+use defect_e2e::repo_server::RepoServer;
 use defect_e2e::updater_box::{BoxSettings, EdgeLine, copy_dir, describe};
 
 #[test]
