@@ -9,8 +9,9 @@
 //!
 //! For the model updater, each store bundle's fate also goes to the model health report
 //! (`agent.model_health_file`, see [`defect_models::health`]): `loading` with its attempt
-//! number before it is read and validated, then `serving` or `refused`. The report is a
-//! courtesy: failing to write it is logged and never stops serving.
+//! number before it is read and validated, then `refused`, or `serving` once the model is in the
+//! slot (so that every frame taken after the report reads `serving` is decided by that model).
+//! The report is a courtesy: failing to write it is logged and never stops serving.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -139,9 +140,13 @@ impl ServingError {
 /// What was put in service: the validated model and its description.
 type Validated = (Arc<Model>, ModelInfo);
 
+/// A validated bundle and, for a store bundle with a health report, the report that says
+/// `serving` once the model is in the slot ([`Trial::serving`]).
+type Loaded = (Validated, Option<Trial>);
+
 /// Loads and validates the bundle the source names now; `Ok(None)` when the store has no
 /// `current` yet. A store bundle is reported to `report` (the health file), if given.
-fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Validated>, ServingError> {
+fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Loaded>, ServingError> {
     let unreadable = |origin: String, reason: String| ServingError::Unreadable {
         origin,
         reason,
@@ -151,13 +156,13 @@ fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Validated>
         ModelSource::Shipped => {
             let bundle = crate::embedded::shipped_bundle()
                 .map_err(|e| unreadable("shipped bundle".into(), e.to_string()))?;
-            validate(&bundle, "shipped bundle").map(Some)
+            validate(&bundle, "shipped bundle").map(|v| Some((v, None)))
         }
         ModelSource::File(path) => {
             let origin = path.display().to_string();
             let bundle =
                 Bundle::open(path).map_err(|e| unreadable(origin.clone(), e.to_string()))?;
-            validate(&bundle, &origin).map(Some)
+            validate(&bundle, &origin).map(|v| Some((v, None)))
         }
         ModelSource::Store(root) => {
             let pointed = Store::at(root)
@@ -172,12 +177,13 @@ fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Validated>
 }
 
 /// Reads the store bundle `sha256` and validates it, with a health report before (`loading`)
-/// and after (`serving` or `refused`) when `report` names the health file.
+/// and after (`refused`) when `report` names the health file; a bundle that passes is
+/// returned with its report, for the caller to complete once the model serves.
 fn load_store_bundle(
     root: &Path,
     sha256: &str,
     report: Option<&Path>,
-) -> Result<Validated, ServingError> {
+) -> Result<Loaded, ServingError> {
     let trial = report.map(|path| Trial::begin(path, sha256));
     let store = Store::at(root);
     let origin = format!("{}/current ({sha256})", root.display());
@@ -212,17 +218,19 @@ fn load_store_bundle(
             other => other,
         })
     });
-    if let Some(trial) = trial {
-        match &result {
-            Ok((_, info)) => trial.write(HealthState::Serving, Some(info.mv), None),
-            Err(error) => trial.write(
-                HealthState::Refused,
-                model_version,
-                Some(error.reason().to_owned()),
-            ),
+    match result {
+        Ok(validated) => Ok((validated, trial)),
+        Err(error) => {
+            if let Some(trial) = trial {
+                trial.write(
+                    HealthState::Refused,
+                    model_version,
+                    Some(error.reason().to_owned()),
+                );
+            }
+            Err(error)
         }
     }
-    result
 }
 
 /// One load of a store bundle as the health report tells it: the attempt number is fixed
@@ -254,6 +262,12 @@ impl Trial {
         }
         trial.write(HealthState::Loading, None, None);
         trial
+    }
+
+    /// Writes `serving` with the bundle's `model_version`: call it once the model is in the
+    /// slot.
+    fn serving(&self, model_version: u64) {
+        self.write(HealthState::Serving, Some(model_version), None);
     }
 
     /// Writes the report in `state`; a failure is logged, never returned.
@@ -321,9 +335,12 @@ pub async fn load_initial(
             sha256: None,
         })??;
     match loaded {
-        Some((model, info)) => {
+        Some(((model, info), trial)) => {
             let sha = info.sha256.clone();
             slot.set(model);
+            if let Some(trial) = trial {
+                trial.serving(info.mv);
+            }
             health.set_model_loaded(true);
             publisher.model(info);
             Ok(Some(sha))
@@ -394,7 +411,7 @@ async fn check_candidate(
     let loaded =
         tokio::task::spawn_blocking(move || load_store_bundle(&store_root, &candidate, None)).await;
     match loaded {
-        Ok(Ok((model, info))) => {
+        Ok(Ok(((model, info), _))) => {
             slot.set_candidate(Some(model));
             canary.candidate_started(&sha, info.mv);
         }
@@ -449,11 +466,14 @@ pub async fn watch_store(
         })
         .await;
         match loaded {
-            Ok(Ok((model, info))) => {
+            Ok(Ok(((model, info), trial))) => {
                 tracing::info!(model = %info.name, model_version = info.mv, sha256 = %info.sha256, "new model in service");
                 serving = Some(info.sha256.clone());
                 refused = None;
                 slot.set(model);
+                if let Some(trial) = trial {
+                    trial.serving(info.mv);
+                }
                 health.set_model_loaded(true);
                 publisher.model(info);
                 publisher.model_error(None);

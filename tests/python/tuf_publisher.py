@@ -12,7 +12,8 @@ our Rust publisher did not produce:
     <repo>/targets/<sha256hex>.<target-name>
 
 Keys: ed25519, one PKCS#8 PEM file per key (mode 0600) in the keys folder: root-1.pem ...,
-targets.pem, snapshot.pem, timestamp.pem; rotation adds root-4.pem and never deletes a key.
+targets.pem, snapshot.pem, timestamp.pem; rotation adds root-4.pem, targets-2.pem, ... and never
+deletes a key.
 
 Unlike the ops publisher this one checks nothing about model versions: tests use it to publish
 exactly what an attacker or a mistaken operator could. Every command prints one JSON object on
@@ -390,6 +391,34 @@ def cmd_rotate_root_key(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_rotate_key(args: argparse.Namespace) -> dict:
+    """Replaces the key of an online role (targets, snapshot or timestamp) with a new one in
+    root N+1, signed by a threshold of the root keys, then re-signs targets, snapshot and
+    timestamp N+1 with the new keys. The revoked key file stays in the keys folder."""
+    layout = Layout(args.repo)
+    ring = load_ring(args.keys)
+    old = load(layout.root(layout.newest_root_version()), "root")
+    role = args.role
+    new_signer = generate_key(next_key_path(args.keys, role))
+    ring[new_signer.public_key.keyid] = new_signer
+    root = Metadata.from_bytes(old.to_bytes()).signed
+    root.version += 1
+    root.expires = expires_in(DEFAULT_EXPIRY["root"])
+    revoked = list(root.roles[role].keyids)
+    for keyid in revoked:
+        root.revoke_key(keyid, role)
+    root.add_key(new_signer.public_key, role)
+    write_root(layout, sign(Metadata(root), signers_for(old.signed, "root", ring)))
+    state = State(layout)
+    versions = publish_chain(layout, state, ring, state.targets.signed)
+    return {
+        "revoked": revoked,
+        "new_key_id": new_signer.public_key.keyid,
+        "key_ids": role_key_ids(root),
+        "versions": versions,
+    }
+
+
 def cmd_sign_root_below_threshold(args: argparse.Namespace) -> dict:
     layout = Layout(args.repo)
     old = load(layout.root(layout.newest_root_version()), "root")
@@ -564,6 +593,17 @@ def main(argv: list[str] | None = None) -> int:
     repo_and_keys(p)
     p.add_argument("--revoke", help="key id of the root key to replace (default: the first listed)")
     p.set_defaults(func=cmd_rotate_root_key)
+
+    p = sub.add_parser(
+        "rotate-key",
+        help="root N+1 with an online role's key replaced by a new one, then targets, "
+        "snapshot and timestamp N+1 signed with the new keys",
+    )
+    repo_and_keys(p)
+    p.add_argument(
+        "--role", required=True, choices=ROLES[1:], help="targets, snapshot or timestamp"
+    )
+    p.set_defaults(func=cmd_rotate_key)
 
     p = sub.add_parser(
         "sign-root-below-threshold",

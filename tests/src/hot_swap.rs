@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use crate::agent_process::sample_bytes;
+use crate::publisher::OwnRepo;
 use crate::repo_server::RepoServer;
 use crate::subscriber::Received;
-use crate::updater_box::{BoxSettings, EdgeLine, OwnRepo};
+use crate::updater_box::{BoxSettings, EdgeLine};
 
 /// How the scenario runs.
 #[derive(Debug, Clone, Copy)]

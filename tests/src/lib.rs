@@ -1,9 +1,10 @@
 //! Helpers for the end-to-end tests: where the built binaries and the repository's model files
 //! are.
 //!
-//! The tests in `tests/tests/` run the real `defect-agent` and `model-bundle` binaries, built by
-//! the same `cargo test` or `cargo nextest` invocation, against the real shipped bundle and
-//! sample frames.
+//! The tests in `tests/tests/` run the real `defect-agent`, `model-updater` and `model-bundle`
+//! binaries against the real shipped bundle and sample frames. The binaries are not built by
+//! `cargo test` itself: build them first with `cargo build --workspace --bins` (the same
+//! profile), or point `DEFECT_E2E_BIN_DIR` at a folder holding them (see [`binary`]).
 
 pub mod agent_process;
 pub mod broker;
@@ -11,6 +12,7 @@ pub mod bundles;
 pub mod capture_server;
 pub mod crash_fixture;
 pub mod hot_swap;
+pub mod publisher;
 pub mod python_tuf;
 pub mod repo_server;
 pub mod scrape;
@@ -29,23 +31,41 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(".."))
 }
 
-/// Path of a binary built from this workspace, in the same target folder as the running test.
-pub fn binary(name: &str) -> PathBuf {
+/// Environment variable naming the folder that holds the workspace's built binaries; `.ci/run`
+/// sets it to its build step's output folder.
+pub const BIN_DIR_VAR: &str = "DEFECT_E2E_BIN_DIR";
+
+/// The folder the workspace binaries are taken from: `$DEFECT_E2E_BIN_DIR` when set, otherwise
+/// the profile folder of the running test binary (`target/<profile>`, the test itself being in
+/// `target/<profile>/deps`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os(BIN_DIR_VAR).filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("no current exe: {e}"));
-    // target/<profile>/deps/<test-binary>
     let parent = exe
         .parent()
-        .unwrap_or_else(|| panic!("unexpected binary location {}", exe.display()));
-    // Test and bench binaries live in target/<profile>/deps, plain binaries in target/<profile>.
-    let profile_dir = if parent.file_name().is_some_and(|n| n == "deps") {
-        parent.parent().unwrap_or(parent)
+        .unwrap_or_else(|| panic!("unexpected test binary location {}", exe.display()));
+    if parent.file_name().is_some_and(|n| n == "deps") {
+        parent.parent().unwrap_or(parent).to_path_buf()
     } else {
-        parent
+        parent.to_path_buf()
+    }
+}
+
+/// Path of a binary built from this workspace, in [`bin_dir`]; panics saying how to build it
+/// when it is not there.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = bin_dir();
+    let path = dir.join(name);
+    let source = match std::env::var_os(BIN_DIR_VAR).filter(|d| !d.is_empty()) {
+        Some(_) => format!("${BIN_DIR_VAR}"),
+        None => format!("the test's profile folder (set {BIN_DIR_VAR} to take binaries elsewhere)"),
     };
-    let path = profile_dir.join(name);
     assert!(
-        path.exists(),
-        "{} is not built; run the tests through cargo test or cargo nextest on the workspace",
+        path.is_file(),
+        "{} is not built: {name} is looked up in {source}; build the workspace's binaries \
+         first with the same profile: cargo build --workspace --bins",
         path.display()
     );
     path

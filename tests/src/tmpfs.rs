@@ -1,12 +1,13 @@
-//! Real small file systems for disk-full tests: a tmpfs mounted on a temporary folder (the
-//! tests run as root in CI), and a filler that uses up its space.
+//! Real small file systems for disk-full tests: a tmpfs mounted on a temporary folder, and a
+//! filler that uses up its space. Mounting needs root: the tests using it are
+//! `#[ignore = "needs root …"]`, named `needs_root_…`, and run by `.ci/run` (as root) with
+//! `-- --ignored needs_root`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A tmpfs of a given size mounted on a folder for the life of the guard (the tests run as
-/// root in CI).
+/// A tmpfs of a given size mounted on a folder for the life of the guard (needs root).
 pub struct Tmpfs {
     /// The mount point.
     pub dir: PathBuf,

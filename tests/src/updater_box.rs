@@ -1,11 +1,10 @@
 //! An edge box's update side for tests: the real `model-updater` binary with its config, state
-//! folder and model store, and a signed repository made by the real `model-updater repo`
-//! commands.
+//! folder and model store.
 //!
 //! This module owns [`UpdaterBox`] (config, store seeded with the shipped bundle as `factory`
 //! and `current`, one-shot `check` runs, daemon runs that tests may `kill -9`, and readers of
-//! the store, the trust record and the status) and [`OwnRepo`] (a repository and its keys
-//! built by our own publisher).
+//! the store, the trust record and the status) and [`EdgeLine`] (a box with its broker and
+//! agent). The repositories the box updates from are made in [`crate::publisher`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -291,123 +290,6 @@ pub fn describe(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// A repository and its keys, built by `model-updater repo`.
-#[derive(Debug)]
-pub struct OwnRepo {
-    dir: TempDir,
-    /// The repository folder (`metadata/`, `targets/`): what the server serves.
-    pub repo: PathBuf,
-    /// The keys folder.
-    pub keys: PathBuf,
-}
-
-/// Runs `model-updater repo <args>` and panics with its output on failure.
-pub fn publisher(args: &[&str]) -> Output {
-    let output = Command::new(binary("model-updater"))
-        .arg("repo")
-        .args(args)
-        .output()
-        .expect("run model-updater repo");
-    assert!(
-        output.status.success(),
-        "repo {args:?}: {}",
-        describe(&output)
-    );
-    output
-}
-
-impl OwnRepo {
-    /// `repo init`: a 2-of-3 root, one key for each other role.
-    pub fn init() -> OwnRepo {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        publisher(&[
-            "init",
-            "--repo",
-            &repo.display().to_string(),
-            "--keys",
-            &keys.display().to_string(),
-        ]);
-        OwnRepo { dir, repo, keys }
-    }
-
-    /// A publisher working on an existing repository and keys folder (for example an
-    /// attacker's copy made with stolen keys).
-    pub fn from_folders(repo: PathBuf, keys: PathBuf) -> OwnRepo {
-        OwnRepo {
-            dir: tempfile::tempdir().expect("tempdir"),
-            repo,
-            keys,
-        }
-    }
-
-    /// The folder holding the repository and keys.
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The root a box ships with (version 1).
-    pub fn first_root(&self) -> PathBuf {
-        self.repo.join("metadata/1.root.json")
-    }
-
-    /// `repo add-target` of bundle bytes; returns the bundle's SHA-256.
-    pub fn add(&self, bytes: &[u8], extra: &[&str]) -> String {
-        let sha = defect_models::bundle::sha256_hex(bytes);
-        let file = crate::bundles::write(self.dir.path(), &format!("{sha}.dmb"), bytes);
-        let mut args = vec![
-            "add-target".to_owned(),
-            "--repo".into(),
-            self.repo.display().to_string(),
-            "--keys".into(),
-            self.keys.display().to_string(),
-            "--bundle".into(),
-            file.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        publisher(&args);
-        sha
-    }
-
-    /// `repo resign-timestamp` with the timestamp key.
-    pub fn resign_timestamp(&self, extra: &[&str]) {
-        let mut args = vec![
-            "resign-timestamp".to_owned(),
-            "--repo".into(),
-            self.repo.display().to_string(),
-            "--key".into(),
-            self.keys.join("timestamp.pk8").display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        publisher(&args);
-    }
-
-    /// `repo rotate-key --role ROLE` (with extra arguments such as `--revoke`).
-    pub fn rotate(&self, role: &str, extra: &[&str]) {
-        let mut args = vec![
-            "rotate-key".to_owned(),
-            "--repo".into(),
-            self.repo.display().to_string(),
-            "--keys".into(),
-            self.keys.display().to_string(),
-            "--role".into(),
-            role.into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        publisher(&args);
-    }
-
-    /// Copies the repository folder (metadata and targets) to `to`, e.g. to keep an old state
-    /// for a replay.
-    pub fn snapshot_to(&self, to: &Path) {
-        copy_dir(&self.repo, to);
-    }
 }
 
 /// Copies a folder tree.

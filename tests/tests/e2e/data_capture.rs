@@ -58,6 +58,52 @@ impl Line {
         );
     }
 
+    /// Drops frames as parts `1..` one at a time: each after the previous one's decision and,
+    /// when `chosen` says the sampler keeps it, after the capture writer has dealt with it
+    /// (kept or dropped). At most one capture then waits for the writer, so none is dropped as
+    /// `busy` however slow the disk (the writer's queue is bounded and a full queue drops the
+    /// capture rather than delay a decision, which is what a burst on a loaded machine hits).
+    /// Fails at once if a capture was dropped.
+    fn feed_paced(&self, frames: &[Vec<u8>], chosen: impl Fn(usize) -> bool) {
+        let mut offered = self.capture_outcomes();
+        for (i, bytes) in frames.iter().enumerate() {
+            self.feed_part(i as u64 + 1, bytes);
+            if chosen(i) {
+                offered += 1.0;
+                scrape::wait_for(&self.metrics, "/metrics", WAIT, |r| {
+                    let samples = Samples::parse(&r.body);
+                    let kept = samples.sum("defect_agent_captured_frames_total", &[]);
+                    let dropped = samples.sum("defect_agent_capture_dropped_frames_total", &[]);
+                    kept.unwrap_or(0.0) + dropped.unwrap_or(0.0) >= offered
+                });
+            }
+        }
+        assert_eq!(
+            self.metric("defect_agent_capture_dropped_frames_total"),
+            0.0,
+            "captures dropped; agent log:\n{}",
+            self.agent.log()
+        );
+    }
+
+    /// Captures kept or dropped so far.
+    fn capture_outcomes(&self) -> f64 {
+        self.metric("defect_agent_captured_frames_total")
+            + self.metric("defect_agent_capture_dropped_frames_total")
+    }
+
+    /// Drops one frame as `part` and waits for its decision.
+    fn feed_part(&self, part: u64, bytes: &[u8]) {
+        let want = count_on(&self.decisions.messages(), "decision") + 1;
+        self.agent.drop_frame("cam1", part, bytes);
+        assert!(
+            self.decisions
+                .wait_until(WAIT, |m| count_on(m, "decision") >= want),
+            "no decision for part {part}; agent log:\n{}",
+            self.agent.log()
+        );
+    }
+
     /// Waits until the metric `name` (summed over labels) satisfies `done`; returns the scrape.
     fn wait_metric(&self, name: &str, done: impl Fn(f64) -> bool) -> Samples {
         let response = scrape::wait_for(&self.metrics, "/metrics", WAIT, |r| {
@@ -140,7 +186,7 @@ fn rejects_and_frames_near_the_threshold_are_captured_with_their_metadata_and_ex
         })
         .collect();
     assert!(expected.values().any(|r| *r == "uncertain"), "{expected:?}");
-    line.feed(&frames);
+    line.feed_paced(&frames, |i| expected.contains_key(&(i as u64 + 1)));
     let total = expected.len() as f64;
     let samples = line.wait_metric("defect_agent_captured_frames_total", |v| v >= total);
     assert_eq!(
@@ -245,11 +291,9 @@ fn with_the_privacy_switch_nothing_leaves_the_box_and_the_size_cap_evicts_the_ol
         server.url()
     ));
     let frames = frames();
-    line.feed(&frames);
-    let captured = sample_scores()
-        .iter()
-        .filter(|(r, _)| r == "reject")
-        .count() as f64;
+    let results = sample_scores();
+    line.feed_paced(&frames, |i| results[i].0 == "reject");
+    let captured = results.iter().filter(|(r, _)| r == "reject").count() as f64;
     line.wait_metric("defect_agent_captured_frames_total", |v| v >= captured);
     let items = line.metric("defect_agent_capture_store_items");
     let bytes = line.metric("defect_agent_capture_store_bytes");

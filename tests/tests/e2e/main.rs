@@ -3,8 +3,9 @@
 //! killed at random instants.
 //!
 //! One test binary with a module per area, so the suite links tract, tokio, rustls and sled
-//! once. The binaries under test are built by the same `cargo test --workspace` (see
-//! `defect_e2e::binary`). Run one area with `cargo test --workspace --test e2e -- updater_`.
+//! once. Build the binaries under test first (`cargo build --workspace --bins`; see
+//! `defect_e2e::binary`), then run one area with `cargo test -p defect-e2e --test e2e --
+//! updater_`. Tests that need root are ignored unless asked for: `-- --ignored needs_root`.
 
 mod agent_crash;
 mod agent_daemon;
@@ -29,4 +30,3 @@ mod updater_disk;
 mod updater_download;
 mod updater_hot_swap;
 mod updater_install;
-mod updater_python_tuf;

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use defect_e2e::agent_process::{AgentProcess, AgentSettings, sample_bytes};
 use defect_e2e::broker::{Mosquitto, free_port};
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::RepoServer;
 use defect_e2e::scrape::{self, Response, Samples, promtool_check};
 use defect_e2e::subscriber::{Subscriber, Version, count_on};
-use defect_e2e::updater_box::{BoxSettings, OwnRepo, UpdaterBox};
+use defect_e2e::updater_box::{BoxSettings, UpdaterBox};
 
 const WAIT: Duration = Duration::from_secs(60);
 

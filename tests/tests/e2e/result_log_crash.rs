@@ -10,12 +10,14 @@
 //! and recovering.
 
 use std::collections::BTreeSet;
+use std::fs::{File, TryLockError};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use defect_agent::result_log::{ResultLog, RetentionPolicy};
 use defect_e2e::crash_fixture::expected;
@@ -70,6 +72,7 @@ fn acknowledged_results_survive_sigkill() {
 
     for round in 0..ROUNDS {
         let deliver_every = if round % 2 == 1 { "3" } else { "0" };
+        wait_until_unlocked(round, &dir);
         let mut child = Command::new(&writer)
             .arg(&dir)
             .arg(deliver_every)
@@ -301,6 +304,35 @@ fn stderr(child: &mut Child) -> String {
         let _ = err.read_to_string(&mut text);
     }
     text
+}
+
+/// Waits until nothing holds the log's lock any more, so that the writer started next can open
+/// it. sled 0.34 releases its lock on `<dir>/db` from a background thread some time after the
+/// last handle is dropped (spacejam/sled#1289), so the log this test opened and dropped in the
+/// previous round may still hold it; a writer started then fails to open the log and exits.
+fn wait_until_unlocked(round: u64, dir: &Path) {
+    let lock_file = dir.join("db");
+    if !lock_file.exists() {
+        return;
+    }
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let file = File::open(&lock_file)
+            .unwrap_or_else(|e| panic!("round {round}: {}: {e}", lock_file.display()));
+        // Dropping `file` releases the lock taken here.
+        match file.try_lock() {
+            Ok(()) => return,
+            Err(TryLockError::WouldBlock) => assert!(
+                Instant::now() < until,
+                "round {round}: {} still locked 20 s after the log was dropped",
+                lock_file.display()
+            ),
+            Err(TryLockError::Error(e)) => {
+                panic!("round {round}: lock {}: {e}", lock_file.display())
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn keep_everything() -> RetentionPolicy {

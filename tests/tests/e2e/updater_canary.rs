@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use defect_e2e::agent_process::sample_bytes;
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::RepoServer;
 use defect_e2e::subscriber::count_on;
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo};
+use defect_e2e::updater_box::{BoxSettings, EdgeLine};
 use defect_models::store::Pointer;
 
 const WAIT: Duration = Duration::from_secs(90);

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use defect_e2e::agent_process::sample_bytes;
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::RepoServer;
 use defect_e2e::subscriber::Received;
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo, describe};
+use defect_e2e::updater_box::{BoxSettings, EdgeLine, describe};
 use defect_models::store::Pointer;
 
 /// Kills to reach, and the most rounds allowed to reach them (a round whose run finished

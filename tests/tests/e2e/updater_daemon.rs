@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::RepoServer;
 use defect_e2e::subscriber::{Received, publish_once};
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo, describe};
+use defect_e2e::updater_box::{BoxSettings, EdgeLine, describe};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PREFIX: &str = "acme/plant1/assembly/line3/vision";

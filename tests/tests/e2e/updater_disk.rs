@@ -1,16 +1,19 @@
-//! Disk space on a real small file system (tmpfs; the tests run as root in CI): the updater
+//! Disk space on a real small file system (a tmpfs, so the tests need root and are ignored
+//! unless asked for with `-- --ignored needs_root`, as `.ci/run` does): the updater
 //! refuses an update that does not fit before downloading anything, and a disk that fills up
 //! during the download fails cleanly with the current model untouched.
 
 use std::time::Duration;
 
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::{Fault, RepoServer};
 use defect_e2e::tmpfs::{Tmpfs, fill};
-use defect_e2e::updater_box::{BoxSettings, OwnRepo, UpdaterBox, describe};
+use defect_e2e::updater_box::{BoxSettings, UpdaterBox, describe};
 
 #[test]
-fn an_update_that_does_not_fit_is_refused_before_any_download() {
+#[ignore = "needs root (mounts a tmpfs); run with -- --ignored needs_root"]
+fn needs_root_an_update_that_does_not_fit_is_refused_before_any_download() {
     let repo = OwnRepo::init();
     repo.add(&bundles::with_model_version(2), &[]);
     let server = RepoServer::start(&repo.repo);
@@ -42,7 +45,8 @@ fn an_update_that_does_not_fit_is_refused_before_any_download() {
 }
 
 #[test]
-fn a_disk_filling_up_during_the_download_fails_cleanly_and_current_is_untouched() {
+#[ignore = "needs root (mounts a tmpfs); run with -- --ignored needs_root"]
+fn needs_root_a_disk_filling_up_during_the_download_fails_cleanly_and_current_is_untouched() {
     let repo = OwnRepo::init();
     let sha = repo.add(&bundles::with_model_version(2), &[]);
     let server = RepoServer::start(&repo.repo);

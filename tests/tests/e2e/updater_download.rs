@@ -670,8 +670,9 @@ fn file_urls_longer_than_the_signed_length_fail_with_endless_data() {
 }
 
 #[test]
-fn a_disk_filling_up_mid_download_fails_with_disk_full_removes_the_partial_and_spares_other_files()
-{
+#[ignore = "needs root (mounts a tmpfs); run with -- --ignored needs_root"]
+fn needs_root_a_disk_filling_up_mid_download_fails_with_disk_full_removes_the_partial_and_spares_other_files()
+ {
     let mount_point = tempfile::tempdir().expect("mount point");
     let tmpfs = Tmpfs::mount(mount_point.path(), "2m");
     let current_model = generated(300 * KIB, 16);

@@ -1,87 +1,11 @@
-//! The update path end to end: a repository signed by `model-updater repo`, served over real
-//! HTTP; the real `model-updater` verifies, downloads, installs and tries each version; the real
-//! `defect-agent` validates it and reports its verdict; the updater commits or reverts.
+//! The update path end to end from other sources than a healthy HTTP server: a repository
+//! copied to a USB stick and an unreachable server. Installing from a served repository,
+//! trying and committing or reverting is in `updater_attacks.rs`, for each publisher.
 
 use defect_e2e::bundles;
+use defect_e2e::publisher::OwnRepo;
 use defect_e2e::repo_server::RepoServer;
-use defect_e2e::updater_box::{BoxSettings, EdgeLine, OwnRepo, copy_dir, describe};
-
-#[test]
-fn a_published_model_is_verified_downloaded_tried_by_the_agent_and_committed() {
-    let repo = OwnRepo::init();
-    let sha = repo.add(&bundles::with_model_version(2), &["--lines", "line3"]);
-    let server = RepoServer::start(&repo.repo);
-    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
-
-    let output = line.edge.check();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert_eq!(line.edge.current(), (sha.clone(), 1 + 1));
-    line.wait_for_served_version(2);
-
-    let status = line.edge.status().expect("status");
-    assert_eq!(status["state"], "idle", "{status}");
-    assert_eq!(status["current"]["sha256"], sha.as_str());
-    assert_eq!(status["last_error"], serde_json::Value::Null);
-    let floor = line.edge.floor().expect("floor");
-    assert_eq!(floor["model_versions"]["surface-classifier"], 2, "{floor}");
-    let state = line.edge.state().expect("state");
-    assert_eq!(state["trial"], serde_json::Value::Null, "{state}");
-
-    // Nothing newer: a second check downloads nothing.
-    let before = server.requests().len();
-    let output = line.edge.check();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert!(
-        server.requests()[before..]
-            .iter()
-            .all(|r| !r.path.starts_with("/targets/")),
-        "no target download expected"
-    );
-}
-
-#[test]
-fn a_bundle_the_agent_refuses_is_reverted_marked_bad_and_never_retried() {
-    let repo = OwnRepo::init();
-    let bad_sha = repo.add(&bundles::failing_gate(2), &[]);
-    let server = RepoServer::start(&repo.repo);
-    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
-    let (factory_sha, _) = line.edge.current();
-
-    let output = line.edge.check();
-    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
-    assert_eq!(line.edge.current(), (factory_sha.clone(), 1));
-    let state = line.edge.state().expect("state");
-    assert!(
-        state["bad"][&bad_sha]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("refused")),
-        "{state}"
-    );
-    assert!(
-        line.edge.status().expect("status")["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("reverted"))
-    );
-    assert!(!line.edge.store().bundle_path(&bad_sha).exists());
-    assert!(line.agent.log().contains("refused"));
-
-    // Never retried: the next check does not download it again.
-    let before = server.requests().len();
-    let output = line.edge.check();
-    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("marked bad"),
-        "{}",
-        describe(&output)
-    );
-    assert!(
-        server.requests()[before..]
-            .iter()
-            .all(|r| !r.path.starts_with("/targets/")),
-        "a bad version must not be downloaded again"
-    );
-    assert_eq!(line.edge.current(), (factory_sha, 1));
-}
+use defect_e2e::updater_box::{BoxSettings, EdgeLine, copy_dir, describe};
 
 #[test]
 fn a_repository_copied_to_a_usb_stick_installs_with_the_same_verification() {
