@@ -17,9 +17,9 @@ use crate::canary::Canary;
 use crate::capture::Capture;
 use crate::config::{Config, LineState};
 use crate::health::Health;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::monitor::{self, MonitorSettings};
-use crate::pipeline::{OutputStage, Pipeline, spawn_output, spawn_workers};
+use crate::pipeline::{OutputStage, Pipeline, PipelineMetrics, spawn_output, spawn_workers};
 use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
 use crate::sources::{hot_folder, http};
@@ -91,7 +91,10 @@ pub async fn run(
         RetentionPolicy::from(&config.results),
     )?;
     let health = Arc::new(Health::default());
-    let recorded = Arc::new(Metrics::new(config.stations.iter().map(|s| s.id.as_str())));
+    let recorded = Arc::new(PipelineMetrics::new(
+        config.stations.iter().map(|s| s.id.as_str()),
+    ));
+    let session_metrics = crate::mqtt::metrics::SessionMetrics::new(recorded.publish_stage());
     let client_id = client_id(&config);
     let topics = crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix);
     let (line_states, line_inbox) = tokio::sync::mpsc::unbounded_channel();
@@ -105,7 +108,7 @@ pub async fn run(
         client_id,
         log.clone(),
         Arc::clone(&health),
-        Arc::clone(&recorded),
+        session_metrics.clone(),
         inbox,
     )?;
 
@@ -132,24 +135,29 @@ pub async fn run(
         None => None,
     };
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
-    let (pipeline, parts) =
-        Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
+    let (pipeline, parts) = Pipeline::new(config.agent.queue_capacity, deadline, recorded);
     // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
     let (stop_metrics, metrics_stopped) = watch::channel(false);
     let mut metrics_address = None;
     let mut metrics_task = None;
     if let Some(section) = &config.metrics {
-        let sources = metrics::Sources {
-            metrics: recorded,
-            health: Arc::clone(&health),
-            slot: Arc::clone(&slot),
-            log: log.clone(),
-            pipeline: pipeline.clone(),
-            monitor: Some(Arc::clone(monitor.board())),
-            capture: capture.as_ref().map(|c| Arc::clone(c.shared())),
-            canary: canary.clone(),
-        };
-        let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
+        // Each component registers what it counts and keeps.
+        let mut registry = metrics::registry();
+        pipeline.register_metrics(&mut registry);
+        session_metrics.register(&mut registry);
+        slot.register_metrics(&mut registry);
+        health.register_metrics(&mut registry);
+        log.register_metrics(&mut registry);
+        monitor.board().register_metrics(&mut registry);
+        if let Some(capture) = &capture {
+            capture.register_metrics(&mut registry);
+        }
+        if let Some(canary) = &canary {
+            canary.register_metrics(&mut registry);
+        }
+        let readiness = Arc::clone(&health);
+        let (address, listener, router) =
+            metrics::bind(&section.listen, registry, move || readiness.ready()).await?;
         metrics_address = Some(address);
         let mut stopped = metrics_stopped;
         metrics_task = Some(tokio::spawn(metrics::serve(listener, router, async move {

@@ -5,8 +5,10 @@
 //! - `session`: what is published when: birth/Will status, model, heartbeat, live
 //!   decisions and the store-and-forward `results` topic.
 //! - `settings`: the `[mqtt]` section of the configuration.
+//! - `metrics`: the session's publish and end-to-end latency metrics.
 
 pub mod link;
+pub mod metrics;
 pub mod payload;
 pub mod session;
 pub mod settings;

@@ -6,8 +6,10 @@
 //! and the worker threads (`worker`) decode, preprocess and infer off tokio's threads. Whoever
 //! finishes first claims the frame's [`Ticket`]; a model result that comes after the deadline
 //! is kept as a late record, never published live. Outcomes go to the output stage (`output`)
-//! which logs them before anything else happens.
+//! which logs them before anything else happens. What the frame path counts and measures
+//! (`metrics`) the pipeline registers itself.
 
+mod metrics;
 mod output;
 mod worker;
 
@@ -18,12 +20,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+pub use metrics::PipelineMetrics;
 pub use output::{OutputStage, spawn_output};
 pub use worker::spawn_workers;
 
-use crate::metrics::{FrameTimes, Metrics};
 use crate::monitor::drift::FrameStats;
-use crate::outcome::{DecisionResult, NoDecisionReason, Outcome, unix_ms};
+use crate::outcome::{DecisionResult, FrameTimes, NoDecisionReason, Outcome, unix_ms};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
 /// remove a file from the hot folder. Given the outcome and whether it was logged.
@@ -115,7 +117,7 @@ pub struct Pipeline {
     deadline: Duration,
     in_flight: Arc<AtomicUsize>,
     generated_parts: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PipelineMetrics>,
 }
 
 /// The receiving ends the workers and the output stage are built from.
@@ -132,7 +134,7 @@ impl Pipeline {
     pub fn new(
         capacity: usize,
         deadline: Duration,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PipelineMetrics>,
     ) -> (Pipeline, PipelineParts) {
         let (queue, queue_rx) = crossbeam_channel::bounded(capacity);
         let (emit, outcomes) = mpsc::unbounded_channel();
@@ -170,7 +172,7 @@ impl Pipeline {
     }
 
     /// What the frame path records into.
-    pub(crate) fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &PipelineMetrics {
         &self.metrics
     }
 
