@@ -26,12 +26,12 @@ use crate::canary::shadow::ShadowRun;
 use crate::capture::{Capture, CaptureWriter};
 use crate::config::{Config, LineState};
 use crate::health::Health;
-use crate::metrics::{self, Metrics};
+use crate::metrics;
 use crate::monitor::{self, LineMessage, MonitorSettings};
 use crate::mqtt::Publisher;
 use crate::pipeline::{
-    FrameHook, HookFactory, OutcomeSink, OutputStage, Pipeline, WorkerSettings, Workers,
-    spawn_workers,
+    FrameHook, HookFactory, OutcomeSink, OutputStage, Pipeline, PipelineMetrics, WorkerSettings,
+    Workers, spawn_workers,
 };
 use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
@@ -120,8 +120,11 @@ pub async fn run(
         RetentionPolicy::from(&config.results),
     )?;
     let health = Arc::new(Health::default());
-    let recorded = Arc::new(Metrics::new(config.stations.iter().map(|s| s.id.as_str())));
-    let (publisher, line_states) = start_mqtt(&config, &log, &health, &recorded)?;
+    let recorded = Arc::new(PipelineMetrics::new(
+        config.stations.iter().map(|s| s.id.as_str()),
+    ));
+    let session_metrics = crate::mqtt::metrics::SessionMetrics::new(recorded.publish_stage());
+    let (publisher, line_states) = start_mqtt(&config, &log, &health, &session_metrics)?;
 
     let slot = Arc::new(ModelSlot::default());
     let station_ids: Vec<String> = config.stations.iter().map(|s| s.id.clone()).collect();
@@ -148,8 +151,7 @@ pub async fn run(
         None => (None, None),
     };
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
-    let (pipeline, parts) =
-        Pipeline::new(config.agent.queue_capacity, deadline, Arc::clone(&recorded));
+    let (pipeline, parts) = Pipeline::new(config.agent.queue_capacity, deadline, recorded);
     let tasks = TaskTracker::new();
     let stops = Stops::default();
     // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
@@ -157,17 +159,23 @@ pub async fn run(
     let mut metrics_address = None;
     let mut metrics_task = None;
     if let Some(section) = &config.metrics {
-        let sources = metrics::Sources {
-            metrics: recorded,
-            health: Arc::clone(&health),
-            slot: Arc::clone(&slot),
-            log: log.clone(),
-            pipeline: pipeline.clone(),
-            monitor: Some(Arc::clone(monitor.board())),
-            capture: capture.as_ref().map(|c| Arc::clone(c.shared())),
-            canary: canary.clone(),
-        };
-        let (address, listener, router) = metrics::bind(&section.listen, sources).await?;
+        // Each component registers what it counts and keeps.
+        let mut registry = metrics::registry();
+        pipeline.register_metrics(&mut registry);
+        session_metrics.register(&mut registry);
+        slot.register_metrics(&mut registry);
+        health.register_metrics(&mut registry);
+        log.register_metrics(&mut registry);
+        monitor.board().register_metrics(&mut registry);
+        if let Some(capture) = &capture {
+            capture.register_metrics(&mut registry);
+        }
+        if let Some(canary) = &canary {
+            canary.register_metrics(&mut registry);
+        }
+        let readiness = Arc::clone(&health);
+        let (address, listener, router) =
+            metrics::bind(&section.listen, registry, move || readiness.ready()).await?;
         metrics_address = Some(address);
         let mut stopped = metrics_stopped;
         metrics_task = Some(tokio::spawn(metrics::serve(listener, router, async move {
@@ -282,7 +290,7 @@ fn start_mqtt(
     config: &Config,
     log: &ResultLog,
     health: &Arc<Health>,
-    recorded: &Arc<Metrics>,
+    session_metrics: &crate::mqtt::metrics::SessionMetrics,
 ) -> Result<(Publisher, tokio::sync::mpsc::UnboundedReceiver<LineMessage>), DaemonError> {
     let topics = crate::mqtt::payload::Topics::new(&config.mqtt.topic_prefix);
     let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -313,7 +321,7 @@ fn start_mqtt(
         client_id(config),
         log.clone(),
         Arc::clone(health),
-        Arc::clone(recorded),
+        session_metrics.clone(),
         inbox,
     )?;
     Ok((publisher, line_rx))

@@ -2,12 +2,19 @@
 //!
 //! This module owns the `ready` flag of the heartbeat (model loaded, broker connected, frames
 //! decided within their deadline) and the running counts behind it. Components report into
-//! one shared [`Health`]; the heartbeat and the systemd watchdog read it. It does not decide
-//! anything about frames itself.
+//! one shared [`Health`]; the heartbeat and the systemd watchdog read it, and it registers its
+//! own gauges and counters for the metrics endpoint. It does not decide anything about frames
+//! itself.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::outcome::{DecisionResult, NoDecisionReason, Outcome};
 
@@ -128,6 +135,63 @@ impl Health {
             late: get(&self.late),
             decisions_not_sent: get(&self.decisions_not_sent),
         }
+    }
+}
+
+impl Health {
+    /// Registers the broker link, readiness and the outcome counters the frame path does not
+    /// keep itself (decisions not sent, late results) in `registry`, read when scraped.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(HealthMetrics(Arc::clone(self))));
+    }
+}
+
+/// Health as a metrics collector.
+struct HealthMetrics(Arc<Health>);
+
+impl fmt::Debug for HealthMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthMetrics").finish_non_exhaustive()
+    }
+}
+
+impl Collector for HealthMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let health = &self.0;
+        for (name, help, value) in [
+            (
+                "broker_connected",
+                "1 while the MQTT broker connection is up.",
+                health.broker_connected(),
+            ),
+            (
+                "ready",
+                "1 when the pipeline is ready: the heartbeat's ready flag, and /readyz.",
+                health.ready(),
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&i64::from(value))?;
+        }
+        let counts = health.counts();
+        for (name, help, value) in [
+            (
+                "decisions_not_sent",
+                "Live decisions dropped because they could not reach the broker before their deadline.",
+                counts.decisions_not_sent,
+            ),
+            (
+                "late_results",
+                "Model results that came after their frame's deadline: logged, never published live.",
+                counts.late,
+            ),
+        ] {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,8 @@
 //! - [`mqtt`]: the topic contract, the broker connection and what is published when.
 //! - [`result_log`]: the local result log (sled) every outcome is written to first.
 //! - [`health`]: the `ready` flag and the counters behind it.
-//! - [`metrics`]: Prometheus metrics and their listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`metrics`]: the Prometheus listener (`/metrics`, `/healthz`, `/readyz`); each component
+//!   registers its own metrics.
 //! - [`monitor`]: line monitoring: alarms (no-decision and invalid-input rates, reject rate
 //!   band, camera quiet) and data drift against the bundle's baseline.
 //! - [`outcome`]: what was decided about one part (a decision or none, and why).

@@ -1,15 +1,14 @@
-//! Prometheus metrics: what the agent counts and measures, and the listener that serves them.
+//! The Prometheus listener: `GET /metrics`, `/healthz` and `/readyz`.
 //!
-//! This module owns the `defect_agent_*` metric names and the `[metrics]` listener:
-//! `GET /metrics`, `/healthz` (the process answers) and `/readyz` (200 only when the pipeline
-//! is ready, the heartbeat's `ready`). The frame path records into [`Metrics`] with atomic
-//! counters and histograms only: no I/O, no await, nothing that can fail. What other
-//! components already keep (the queue, the model in service, the broker link, readiness, the
-//! result log's backlog and drops) is read when scraped, never copied. The text formats come
-//! from `defect-exposition`.
+//! This module owns the `[metrics]` listener and the `defect_agent_` prefix of every metric
+//! name. It owns no metric: each component registers its own families and collectors in the
+//! [`Registry`] made by [`registry`] (the pipeline its frame counts and stage times, the MQTT
+//! session its latencies, the result log, the model slot, health, monitoring, capture and the
+//! canary what they keep), and the daemon hands that registry to [`bind`]. `/healthz` says the
+//! process answers; `/readyz` is 200 only while the readiness it is given holds (the
+//! heartbeat's `ready`). The text formats and their negotiation come from
+//! `defect-exposition`.
 
-use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -19,331 +18,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use defect_exposition::Format;
-use defect_models::Timings;
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
-};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
-use tokio::time::Instant;
-
-use crate::canary::{Canary, CanaryMetrics};
-use crate::capture::{CaptureMetrics, CaptureShared};
-use crate::health::Health;
-use crate::monitor::{Board, BoardMetrics};
-use crate::outcome::{NoDecisionReason, Outcome};
-use crate::pipeline::Pipeline;
-use crate::result_log::ResultLog;
-use crate::serving::ModelSlot;
+use prometheus_client::registry::Registry;
 
 /// Prefix of every metric name.
 const PREFIX: &str = "defect_agent";
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StationLabels {
-    station: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DecisionLabels {
-    station: String,
-    result: &'static str,
-    class: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NoDecisionLabels {
-    station: String,
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StageLabels {
-    stage: &'static str,
-}
-
-/// A latency histogram: 0.5 ms doubling to about 8 s, then `+Inf`.
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
-}
-
-/// When a frame arrived and when its live outcome was made: what the publish and end-to-end
-/// latencies are measured from.
-#[derive(Debug, Clone, Copy)]
-pub struct FrameTimes {
-    /// The frame's arrival at the pipeline.
-    pub received: Instant,
-    /// Its live outcome made (a decision or "no decision").
-    pub decided: Instant,
-}
-
-/// What the frame path records into: shared by the pipeline, the inference workers, the output
-/// stage and the MQTT session.
-#[derive(Debug)]
-pub struct Metrics {
-    /// Frames taken, by station.
-    frames_received: Family<StationLabels, Counter>,
-    /// The configured stations' counters of `frames_received`, found without a lock.
-    station_frames: HashMap<String, Counter>,
-    /// Live pass and reject decisions, by station, result and class label.
-    decisions: Family<DecisionLabels, Counter>,
-    /// Live "no decision" outcomes, by station and reason.
-    no_decisions: Family<NoDecisionLabels, Counter>,
-    /// The per-stage latency family the four histograms below belong to.
-    stages: Family<StageLabels, Histogram, fn() -> Histogram>,
-    /// Decoding, per frame the model ran on.
-    decode: Histogram,
-    /// Preprocessing, per frame the model ran on.
-    preprocess: Histogram,
-    /// The model run, per frame.
-    inference: Histogram,
-    /// From the live outcome to its decision queued for the broker (result log write included).
-    publish: Histogram,
-    /// From the frame's arrival to its decision queued for the broker.
-    end_to_end: Histogram,
-}
-
-impl Metrics {
-    /// Metrics for the configured `stations`; their counters start at zero, so every station
-    /// and every "no decision" reason is visible before it happens.
-    pub fn new<'a>(stations: impl IntoIterator<Item = &'a str>) -> Metrics {
-        let frames_received = Family::<StationLabels, Counter>::default();
-        let no_decisions = Family::<NoDecisionLabels, Counter>::default();
-        let mut station_frames = HashMap::new();
-        for station in stations {
-            let labels = StationLabels {
-                station: station.to_owned(),
-            };
-            station_frames.insert(
-                station.to_owned(),
-                frames_received.get_or_create_owned(&labels),
-            );
-            for reason in NoDecisionReason::ALL {
-                no_decisions.get_or_create_owned(&NoDecisionLabels {
-                    station: station.to_owned(),
-                    reason: reason.name(),
-                });
-            }
-        }
-        let stages: Family<StageLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        let stage = |stage| stages.get_or_create_owned(&StageLabels { stage });
-        Metrics {
-            decode: stage("decode"),
-            preprocess: stage("preprocess"),
-            inference: stage("inference"),
-            publish: stage("publish"),
-            end_to_end: latency_histogram(),
-            frames_received,
-            station_frames,
-            decisions: Family::default(),
-            no_decisions,
-            stages,
-        }
-    }
-
-    /// Counts a frame taken for `station`.
-    pub fn frame_received(&self, station: &str) {
-        match self.station_frames.get(station) {
-            Some(counter) => counter.inc(),
-            None => self
-                .frames_received
-                .get_or_create(&StationLabels {
-                    station: station.to_owned(),
-                })
-                .inc(),
-        };
-    }
-
-    /// Counts a live outcome; late model results are counted by `Health`, not here.
-    pub fn outcome(&self, outcome: &Outcome) {
-        if outcome.is_late() {
-            return;
-        }
-        match outcome.reason() {
-            Some(reason) => self
-                .no_decisions
-                .get_or_create(&NoDecisionLabels {
-                    station: outcome.station.clone(),
-                    reason: reason.name(),
-                })
-                .inc(),
-            None => self
-                .decisions
-                .get_or_create(&DecisionLabels {
-                    station: outcome.station.clone(),
-                    result: outcome.result().name(),
-                    class: outcome.label().to_owned(),
-                })
-                .inc(),
-        };
-    }
-
-    /// Records the stage times of a frame the model ran on.
-    pub fn classified(&self, timings: &Timings) {
-        self.decode.observe(timings.decode.as_secs_f64());
-        self.preprocess.observe(timings.preprocess.as_secs_f64());
-        self.inference.observe(timings.inference.as_secs_f64());
-    }
-
-    /// Records a live decision queued for the broker now.
-    pub fn published(&self, times: FrameTimes) {
-        self.publish.observe(times.decided.elapsed().as_secs_f64());
-        self.end_to_end
-            .observe(times.received.elapsed().as_secs_f64());
-    }
-
-    /// The registry one scrape encodes: the recorded metrics, then the values read from `live`.
-    fn registry(&self, live: Live) -> Registry {
-        let mut registry = Registry::with_prefix(PREFIX);
-        registry.register(
-            "frames_received",
-            "Frames taken from hot folders and HTTP uploads, by station",
-            self.frames_received.clone(),
-        );
-        registry.register(
-            "decisions",
-            "Live pass and reject decisions, by station, result and class label",
-            self.decisions.clone(),
-        );
-        registry.register(
-            "no_decisions",
-            "Live no-decision outcomes, by station and reason code name",
-            self.no_decisions.clone(),
-        );
-        registry.register_with_unit(
-            "stage_duration",
-            "Time per frame in a stage: decode, preprocess and inference for frames the model ran on; publish from the live outcome to its decision queued for the broker, result log write included",
-            Unit::Seconds,
-            self.stages.clone(),
-        );
-        registry.register_with_unit(
-            "end_to_end_latency",
-            "From a frame's arrival to its live decision queued for the broker",
-            Unit::Seconds,
-            self.end_to_end.clone(),
-        );
-        registry.register_collector(Box::new(live));
-        registry
-    }
-}
-
-/// The components whose state a scrape reads as it is.
-struct Live {
-    health: Arc<Health>,
-    slot: Arc<ModelSlot>,
-    log: ResultLog,
-    pipeline: Pipeline,
-}
-
-impl fmt::Debug for Live {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Live").finish_non_exhaustive()
-    }
-}
-
-impl Collector for Live {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
-        let e = &mut encoder;
-        gauge(
-            e,
-            "queue_depth_frames",
-            "Frames waiting for an inference worker.",
-            self.pipeline.queue_depth(),
-        )?;
-        gauge(
-            e,
-            "frames_in_flight",
-            "Frames taken whose live outcome is not yet logged and completed.",
-            self.pipeline.in_flight(),
-        )?;
-        let model = self.slot.current();
-        gauge(
-            e,
-            "model_version",
-            "model_version of the bundle in service (0 when none is).",
-            model.as_ref().map_or(0, |m| m.manifest().model_version),
-        )?;
-        if let Some(model) = &model {
-            let manifest = model.manifest();
-            let labels = [
-                ("name", manifest.name.as_str()),
-                ("version", manifest.version.as_str()),
-                ("sha256", model.digest()),
-            ];
-            let mut metric = e.encode_descriptor(
-                "model_info",
-                "The bundle in service: name, version and SHA-256 as labels, value 1.",
-                None,
-                MetricType::Gauge,
-            )?;
-            metric.encode_family(&labels)?.encode_gauge(&1i64)?;
-        }
-        gauge(
-            e,
-            "broker_connected",
-            "1 while the MQTT broker connection is up.",
-            i64::from(self.health.broker_connected()),
-        )?;
-        gauge(
-            e,
-            "ready",
-            "1 when the pipeline is ready: the heartbeat's ready flag, and /readyz.",
-            i64::from(self.health.ready()),
-        )?;
-        gauge(
-            e,
-            "result_log_backlog_entries",
-            "Outcomes in the result log not yet delivered on the results topic.",
-            self.log.backlog(),
-        )?;
-        let counts = self.health.counts();
-        counter(
-            e,
-            "result_log_dropped_entries",
-            "Undelivered outcomes dropped from the result log by retention since start.",
-            self.log.dropped_total(),
-        )?;
-        counter(
-            e,
-            "decisions_not_sent",
-            "Live decisions dropped because they could not reach the broker before their deadline.",
-            counts.decisions_not_sent,
-        )?;
-        counter(
-            e,
-            "late_results",
-            "Model results that came after their frame's deadline: logged, never published live.",
-            counts.late,
-        )
-    }
-}
-
-fn gauge(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: impl EncodeGaugeValue,
-) -> fmt::Result {
-    let gauge = ConstGauge::new(value);
-    let metric = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
-    gauge.encode(metric)
-}
-
-fn counter(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    value: impl EncodeCounterValue,
-) -> fmt::Result {
-    let counter = ConstCounter::new(value);
-    let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
-    counter.encode(metric)
+/// An empty registry for the agent's metrics: every name registered in it is served with the
+/// `defect_agent_` prefix.
+pub fn registry() -> Registry {
+    Registry::with_prefix(PREFIX)
 }
 
 /// Why the metrics listener could not start.
@@ -356,37 +39,21 @@ pub struct MetricsError {
     pub source: std::io::Error,
 }
 
-/// What the metrics listener reports on.
-pub struct Sources {
-    /// What the frame path recorded.
-    pub metrics: Arc<Metrics>,
-    /// Readiness, the broker link and the outcome counters.
-    pub health: Arc<Health>,
-    /// The model in service.
-    pub slot: Arc<ModelSlot>,
-    /// The result log (backlog, drops).
-    pub log: ResultLog,
-    /// The pipeline (queue depth, frames in flight).
-    pub pipeline: Pipeline,
-    /// Line monitoring: rates, alarms, drift scores.
-    pub monitor: Option<Arc<Board>>,
-    /// Data capture: store and upload counters.
-    pub capture: Option<Arc<CaptureShared>>,
-    /// The canary's evidence, when the model store is served.
-    pub canary: Option<Arc<Canary>>,
-}
+/// Whether the agent is ready, asked on every `/readyz`.
+type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
-    health: Arc<Health>,
+    ready: Readiness,
 }
 
-/// Binds the metrics listener; the returned router serves `/metrics`, `/healthz` and
-/// `/readyz`.
+/// Binds the metrics listener; the returned router serves `registry` on `/metrics`, and
+/// `/healthz` and `/readyz` (200 while `ready` says so, 503 otherwise).
 pub async fn bind(
     listen: &str,
-    sources: Sources,
+    registry: Registry,
+    ready: impl Fn() -> bool + Send + Sync + 'static,
 ) -> Result<(SocketAddr, tokio::net::TcpListener, Router), MetricsError> {
     let error = |source| MetricsError {
         address: listen.to_owned(),
@@ -394,38 +61,13 @@ pub async fn bind(
     };
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(error)?;
     let address = listener.local_addr().map_err(error)?;
-    let Sources {
-        metrics,
-        health,
-        slot,
-        log,
-        pipeline,
-        monitor,
-        capture,
-        canary,
-    } = sources;
-    let mut registry = metrics.registry(Live {
-        health: Arc::clone(&health),
-        slot,
-        log,
-        pipeline,
-    });
-    if let Some(board) = monitor {
-        registry.register_collector(Box::new(BoardMetrics(board)));
-    }
-    if let Some(capture) = capture {
-        registry.register_collector(Box::new(CaptureMetrics(capture)));
-    }
-    if let Some(canary) = canary {
-        registry.register_collector(Box::new(CanaryMetrics(canary)));
-    }
     let router = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
+        .route("/readyz", get(readyz))
         .with_state(AppState {
             registry: Arc::new(registry),
-            health,
+            ready: Arc::new(ready),
         });
     tracing::info!(%address, "metrics listening");
     Ok((address, listener, router))
@@ -457,8 +99,8 @@ async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
-    if state.health.ready() {
+async fn readyz(State(state): State<AppState>) -> Response {
+    if (state.ready)() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -467,106 +109,68 @@ async fn ready(State(state): State<AppState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use prometheus_client::metrics::counter::Counter;
 
     use super::*;
-    use crate::outcome::{Decided, DecisionResult, Ruling};
-    use defect_models::Verdict;
 
-    fn outcome(result: DecisionResult, label: &str, reason: Option<NoDecisionReason>) -> Outcome {
-        let ruling = match (result, reason) {
-            (DecisionResult::NoDecision, reason) => Ruling::NoDecision {
-                reason: reason.unwrap_or(NoDecisionReason::Deadline),
-                detail: None,
-            },
-            (result, _) => Ruling::Decided(Decided {
-                verdict: if result == DecisionResult::Reject {
-                    Verdict::Reject
-                } else {
-                    Verdict::Pass
-                },
-                class: 0,
-                label: label.into(),
-                confidence_permille: 0,
-                model_version: 1,
-                late: false,
-            }),
-        };
-        Outcome {
-            seq: 0,
-            station: "cam1".into(),
-            part: 1,
-            acquired_ms: 0,
-            decided_ms: 0,
-            latency_ms: 0,
-            ruling,
-        }
+    /// GETs `path` from `address`: the status, the content type and the body.
+    async fn get(address: SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
+        let response = reqwest::Client::new()
+            .get(format!("http://{address}{path}"))
+            .header(header::ACCEPT, accept)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, response.text().await.expect("body"))
     }
 
-    fn text(metrics: &Metrics) -> String {
-        let mut registry = Registry::with_prefix(PREFIX);
-        registry.register("decisions", "", metrics.decisions.clone());
-        registry.register("no_decisions", "", metrics.no_decisions.clone());
-        registry.register("frames_received", "", metrics.frames_received.clone());
-        registry.register_with_unit("stage_duration", "", Unit::Seconds, metrics.stages.clone());
-        defect_exposition::render(&registry, Format::Prometheus).expect("render")
-    }
+    #[tokio::test]
+    async fn the_listener_serves_what_was_registered_and_readiness_as_it_is_now() {
+        let mut registry = registry();
+        let frames = Counter::<u64>::default();
+        frames.inc();
+        registry.register("frames", "Frames", frames);
+        let ready = Arc::new(AtomicBool::new(false));
+        let readiness = Arc::clone(&ready);
+        let (address, listener, router) = bind("127.0.0.1:0", registry, move || {
+            readiness.load(Ordering::Relaxed)
+        })
+        .await
+        .expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
 
-    #[test]
-    fn outcomes_are_counted_by_station_result_class_and_reason_and_late_ones_are_not() {
-        let metrics = Metrics::new(["cam1"]);
-        metrics.frame_received("cam1");
-        metrics.frame_received("cam9");
-        metrics.outcome(&outcome(DecisionResult::Reject, "scratch", None));
-        metrics.outcome(&outcome(
-            DecisionResult::NoDecision,
-            "",
-            Some(NoDecisionReason::Deadline),
-        ));
-        let mut late = outcome(DecisionResult::Pass, "good", None);
-        if let Ruling::Decided(decided) = &mut late.ruling {
-            decided.late = true;
-        }
-        metrics.outcome(&late);
-        let text = text(&metrics);
-        for line in [
-            "defect_agent_frames_received_total{station=\"cam1\"} 1\n",
-            "defect_agent_frames_received_total{station=\"cam9\"} 1\n",
-            "defect_agent_decisions_total{station=\"cam1\",result=\"reject\",class=\"scratch\"} 1\n",
-            "defect_agent_no_decisions_total{station=\"cam1\",reason=\"deadline\"} 1\n",
-            "defect_agent_no_decisions_total{station=\"cam1\",reason=\"queue_full\"} 0\n",
-        ] {
-            assert!(text.contains(line), "{line:?} missing from:\n{text}");
-        }
+        let (status, content_type, body) = get(address, "/metrics", "*/*").await;
+        assert_eq!(status, 200);
         assert!(
-            !text.contains("class=\"good\""),
-            "a late result was counted:\n{text}"
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "{content_type}"
         );
-    }
+        assert!(body.contains("defect_agent_frames_total 1\n"), "{body}");
+        let (_, content_type, body) =
+            get(address, "/metrics", "application/openmetrics-text").await;
+        assert!(
+            content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{content_type}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+        assert_eq!(get(address, "/healthz", "*/*").await.0, 200);
+        assert_eq!(get(address, "/readyz", "*/*").await.0, 503);
+        ready.store(true, Ordering::Relaxed);
+        assert_eq!(get(address, "/readyz", "*/*").await.0, 200);
 
-    #[test]
-    fn stage_times_land_in_their_stage_histogram() {
-        let metrics = Metrics::new(["cam1"]);
-        metrics.classified(&Timings {
-            decode: Duration::from_millis(3),
-            preprocess: Duration::from_millis(1),
-            inference: Duration::from_millis(20),
-        });
-        let text = text(&metrics);
-        for stage in ["decode", "preprocess", "inference"] {
-            let line =
-                format!("defect_agent_stage_duration_seconds_count{{stage=\"{stage}\"}} 1\n");
-            assert!(text.contains(&line), "{line:?} missing from:\n{text}");
-        }
-        assert!(
-            text.contains(
-                "defect_agent_stage_duration_seconds_bucket{le=\"0.004\",stage=\"decode\"} 1\n"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("defect_agent_stage_duration_seconds_count{stage=\"publish\"} 0\n"),
-            "{text}"
-        );
+        let _ = stop.send(());
+        server.await.expect("server task");
     }
 }

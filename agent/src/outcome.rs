@@ -364,6 +364,16 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// When a frame arrived and when its live outcome was made: what the publish and end-to-end
+/// latencies are measured from.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameTimes {
+    /// The frame's arrival at the pipeline.
+    pub received: tokio::time::Instant,
+    /// Its live outcome made (a decision or "no decision").
+    pub decided: tokio::time::Instant,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

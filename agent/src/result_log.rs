@@ -5,7 +5,8 @@
 //! what happens to an entry that no longer decodes. It does not own publishing (the MQTT
 //! forwarder reads [`ResultLog::undelivered`], publishes, then calls
 //! [`ResultLog::mark_delivered`]) nor when retention runs (the daemon calls
-//! [`ResultLog::enforce_retention`] on its own schedule).
+//! [`ResultLog::enforce_retention`] on its own schedule). It registers its backlog and
+//! retention drops for the metrics endpoint ([`ResultLog::register_metrics`]).
 //!
 //! # On disk
 //!
@@ -42,6 +43,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Batch, IVec, Transactional, Tree};
@@ -644,6 +649,38 @@ fn read_meta(meta: &Tree, key: &'static str, dir: &Path) -> Result<u64, ResultLo
             key,
             reason: format!("{} bytes, not 8", value.len()),
         }),
+    }
+}
+
+impl ResultLog {
+    /// Registers the backlog and the retention drops in `registry`, read when scraped.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(ResultLogMetrics(self.clone())));
+    }
+}
+
+/// The result log as a metrics collector.
+#[derive(Debug)]
+struct ResultLogMetrics(ResultLog);
+
+impl Collector for ResultLogMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        encoder
+            .encode_descriptor(
+                "result_log_backlog_entries",
+                "Outcomes in the result log not yet delivered on the results topic.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&self.0.backlog())?;
+        encoder
+            .encode_descriptor(
+                "result_log_dropped_entries",
+                "Undelivered outcomes dropped from the result log by retention since start.",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&self.0.dropped_total(), None)
     }
 }
 

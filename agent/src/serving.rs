@@ -5,7 +5,8 @@
 //! (golden samples, latency budget) before it may serve; the store's pointer is then watched,
 //! and a new bundle is loaded and validated in the background and swapped in between two
 //! frames. A bundle that fails validation is refused: the old model keeps serving and the
-//! failure goes to the log and to the retained MQTT status.
+//! failure goes to the log and to the retained MQTT status. The slot registers the model in
+//! service for the metrics endpoint ([`ModelSlot::register_metrics`]).
 //!
 //! For the model updater, each store bundle's fate also goes to the model health report
 //! (`agent.model_health_file`, see [`defect_models::health`]): `loading` with its attempt
@@ -20,6 +21,10 @@ use std::time::Duration;
 use defect_models::health::{self, HealthState, ModelHealth};
 use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::health::Health;
 use crate::outcome::unix_ms;
@@ -78,6 +83,50 @@ impl ModelSlot {
         if let Ok(mut slot) = self.candidate.write() {
             *slot = model;
         }
+    }
+}
+
+impl ModelSlot {
+    /// Registers the model in service (`model_version`, `model_info`) in `registry`, read
+    /// when scraped.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(ModelSlotMetrics(Arc::clone(self))));
+    }
+}
+
+/// The model in service as a metrics collector.
+#[derive(Debug)]
+struct ModelSlotMetrics(Arc<ModelSlot>);
+
+impl Collector for ModelSlotMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let model = self.0.current();
+        encoder
+            .encode_descriptor(
+                "model_version",
+                "model_version of the bundle in service (0 when none is).",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&model.as_ref().map_or(0, |m| m.manifest().model_version))?;
+        if let Some(model) = &model {
+            let manifest = model.manifest();
+            let labels = [
+                ("name", manifest.name.as_str()),
+                ("version", manifest.version.as_str()),
+                ("sha256", model.digest()),
+            ];
+            encoder
+                .encode_descriptor(
+                    "model_info",
+                    "The bundle in service: name, version and SHA-256 as labels, value 1.",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_family(&labels)?
+                .encode_gauge(&1i64)?;
+        }
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ use defect_models::{Classification, Verdict};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::unix_ms;
@@ -363,8 +364,15 @@ impl CandidateObserver for Canary {
     }
 }
 
+impl Canary {
+    /// Registers the canary's evidence in `registry`, read when scraped.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(CanaryMetrics(Arc::clone(self))));
+    }
+}
+
 /// The canary as a metrics collector.
-pub struct CanaryMetrics(pub Arc<Canary>);
+struct CanaryMetrics(Arc<Canary>);
 
 impl fmt::Debug for CanaryMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

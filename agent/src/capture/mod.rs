@@ -27,6 +27,7 @@ use defect_models::{Classification, Model, Verdict};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use self::sampler::SamplingRules;
 use self::store::{
@@ -292,8 +293,16 @@ impl CaptureShared {
     }
 }
 
+impl Capture {
+    /// Registers the capture store's and the upload's counters in `registry`, read when
+    /// scraped.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register_collector(Box::new(CaptureMetrics(Arc::clone(self.shared()))));
+    }
+}
+
 /// The capture path as a metrics collector.
-pub struct CaptureMetrics(pub Arc<CaptureShared>);
+struct CaptureMetrics(Arc<CaptureShared>);
 
 impl fmt::Debug for CaptureMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -6,12 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
 use super::StationWatch;
@@ -103,8 +104,15 @@ impl Board {
     }
 }
 
+impl Board {
+    /// Registers the monitoring metrics in `registry`, read from the board when scraped.
+    pub fn register_metrics(self: &Arc<Self>, registry: &mut Registry) {
+        registry.register_collector(Box::new(BoardMetrics(Arc::clone(self))));
+    }
+}
+
 /// The board as a metrics collector.
-pub struct BoardMetrics(pub std::sync::Arc<Board>);
+struct BoardMetrics(Arc<Board>);
 
 impl fmt::Debug for BoardMetrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use board::{Board, BoardMetrics};
+pub use board::Board;
 
 use self::alarms::{AlarmEvent, AlarmKind, AlarmSettings, StationAlarms};
 use self::drift::{DriftDetector, DriftReport, DriftSettings, FrameStats};

@@ -6,8 +6,10 @@
 //!   decisions and the store-and-forward `results` topic.
 //! - `reports`: the session as the sink of outcomes and the reporter of line monitoring.
 //! - `settings`: the `[mqtt]` section of the configuration.
+//! - `metrics`: the session's publish and end-to-end latency metrics.
 
 pub mod link;
+pub mod metrics;
 pub mod payload;
 mod reports;
 pub mod session;

@@ -16,11 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::link::{Link, LinkError, LinkEvent, LinkSettings, Message};
+use super::metrics::SessionMetrics;
 use super::payload::{self, ModelInfo, Topics};
 use crate::health::Health;
-use crate::metrics::{FrameTimes, Metrics};
 use crate::mqtt::settings::MqttSection;
-use crate::outcome::{DecisionResult, Outcome, unix_ms};
+use crate::outcome::{DecisionResult, FrameTimes, Outcome, unix_ms};
 use crate::result_log::ResultLog;
 
 /// Results published and not yet acknowledged at most.
@@ -135,7 +135,7 @@ pub fn start(
     client_id: String,
     log: ResultLog,
     health: Arc<Health>,
-    metrics: Arc<Metrics>,
+    metrics: SessionMetrics,
     inbox: Option<Inbox>,
 ) -> Result<Publisher, LinkError> {
     let topics = Topics::new(&mqtt.topic_prefix);
@@ -178,7 +178,7 @@ struct Session {
     log: ResultLog,
     health: Arc<Health>,
     /// Publish and end-to-end latencies of live decisions.
-    metrics: Arc<Metrics>,
+    metrics: SessionMetrics,
     /// Connected to the broker (a ConnAck since the last error).
     connected: bool,
     /// Live decisions waiting for a connection, with their deadlines and frame times.

@@ -6,11 +6,13 @@
 //! and the worker threads (`worker`) decode, preprocess and infer off tokio's threads. Whoever
 //! finishes first claims the frame's [`Ticket`]; a model result that comes after the deadline
 //! is kept as a late record, never published live. Outcomes go to the output stage (`output`)
-//! which logs them before anything else happens and then hands them to the sinks (`sink`).
+//! which logs them before anything else happens and then hands them to the sinks (`sink`). What the frame path counts and
+//! measures (`metrics`) the pipeline registers itself.
 //! Once the pipeline is closed for shutdown, a frame still submitted (an upload that was
 //! being received) gets "no decision" with the reason `shutting_down` at once.
 
 mod hooks;
+mod metrics;
 mod output;
 mod sink;
 mod worker;
@@ -28,8 +30,9 @@ pub use output::OutputStage;
 pub use sink::{Delivery, OutcomeSink};
 pub use worker::{WorkerSettings, Workers, spawn_workers};
 
-use crate::metrics::{FrameTimes, Metrics};
-use crate::outcome::{FrameStats, NoDecisionReason, Outcome, Ruling, unix_ms};
+pub use metrics::PipelineMetrics;
+
+use crate::outcome::{FrameStats, FrameTimes, NoDecisionReason, Outcome, Ruling, unix_ms};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
 /// remove a file from the hot folder. Given the outcome and whether it was logged.
@@ -120,7 +123,7 @@ pub struct Pipeline {
     emit: mpsc::UnboundedSender<Emitted>,
     deadline: Duration,
     generated_parts: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<PipelineMetrics>,
     flight: Arc<Flight>,
 }
 
@@ -150,7 +153,7 @@ impl Pipeline {
     pub fn new(
         capacity: usize,
         deadline: Duration,
-        metrics: Arc<Metrics>,
+        metrics: Arc<PipelineMetrics>,
     ) -> (Pipeline, PipelineParts) {
         let (queue, queue_rx) = crossbeam_channel::bounded(capacity);
         let (emit, outcomes) = mpsc::unbounded_channel();
@@ -218,7 +221,7 @@ impl Pipeline {
     }
 
     /// What the frame path records into.
-    pub(crate) fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &PipelineMetrics {
         &self.metrics
     }
 

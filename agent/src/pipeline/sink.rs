@@ -7,8 +7,7 @@
 
 use tokio::time::Instant;
 
-use crate::metrics::FrameTimes;
-use crate::outcome::{FrameStats, Outcome};
+use crate::outcome::{FrameStats, FrameTimes, Outcome};
 
 /// What comes with an outcome besides the record itself.
 #[derive(Debug, Clone, Copy)]
