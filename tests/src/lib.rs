@@ -1,8 +1,8 @@
 //! Helpers for the end-to-end tests: where the built binaries and the repository's model files
 //! are.
 //!
-//! The tests in `tests/tests/` run the real `defect-agent` and `model-bundle` binaries, built by
-//! the same `cargo test` or `cargo nextest` invocation, against the real shipped bundle and
+//! The tests in `tests/tests/` run the real `defect-agent`, `model-updater`, `defect-central`
+//! and `model-bundle` binaries, built by the same `cargo test` or `cargo nextest` invocation, against the real shipped bundle and
 //! sample frames.
 
 pub mod agent_process;

@@ -1,5 +1,5 @@
 //! An edge box's update side for tests: the real `model-updater` binary with its config, state
-//! folder and model store, and a signed repository made by the real `model-updater repo`
+//! folder and model store, and a signed repository made by the real `defect-central repo`
 //! commands.
 //!
 //! This module owns [`UpdaterBox`] (config, store seeded with the shipped bundle as `factory`
@@ -293,7 +293,7 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
-/// A repository and its keys, built by `model-updater repo`.
+/// A repository and its keys, built by `defect-central repo`.
 #[derive(Debug)]
 pub struct OwnRepo {
     dir: TempDir,
@@ -303,13 +303,13 @@ pub struct OwnRepo {
     pub keys: PathBuf,
 }
 
-/// Runs `model-updater repo <args>` and panics with its output on failure.
+/// Runs `defect-central repo <args>` and panics with its output on failure.
 pub fn publisher(args: &[&str]) -> Output {
-    let output = Command::new(binary("model-updater"))
+    let output = Command::new(binary("defect-central"))
         .arg("repo")
         .args(args)
         .output()
-        .expect("run model-updater repo");
+        .expect("run defect-central repo");
     assert!(
         output.status.success(),
         "repo {args:?}: {}",

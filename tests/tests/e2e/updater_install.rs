@@ -1,4 +1,4 @@
-//! The update path end to end: a repository signed by `model-updater repo`, served over real
+//! The update path end to end: a repository signed by `defect-central repo`, served over real
 //! HTTP; the real `model-updater` verifies, downloads, installs and tries each version; the real
 //! `defect-agent` validates it and reports its verdict; the updater commits or reverts.
 

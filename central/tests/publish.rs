@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use defect_models::bundle::Bundle;
-use model_updater::publish::{
+use defect_central::publish::{
     self, Expiries, InitOptions, PublishError, RepoLayout, RepoState, SigningKey, TargetOptions,
 };
 use tough::schema::RoleType;
