@@ -80,10 +80,7 @@ mod tests {
         assert_eq!(find(Some(beside.path()), Some(path.clone())), None);
         install(first.path(), 0o644);
         let on_path = install(second.path(), 0o755);
-        assert_eq!(
-            find(Some(beside.path()), Some(path.clone())),
-            Some(on_path)
-        );
+        assert_eq!(find(Some(beside.path()), Some(path.clone())), Some(on_path));
         let next_to = install(beside.path(), 0o755);
         assert_eq!(find(Some(beside.path()), Some(path)), Some(next_to));
         assert_eq!(find(None, None), None);

@@ -54,7 +54,11 @@ fn a_refused_command_names_the_problem_and_exits_non_zero() {
     ];
     let out = central(&init);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("initialised "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("initialised "),
+        "{}",
+        text(&out.stdout)
+    );
     let again = central(&init);
     assert_eq!(again.status.code(), Some(1));
     let stderr = text(&again.stderr);

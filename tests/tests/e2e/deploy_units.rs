@@ -612,7 +612,7 @@ fn defect_central_is_packaged_for_the_central_server_only() {
         !exec.is_empty()
             && exec
                 .iter()
-            .all(|e| e.starts_with("/usr/bin/defect-central repo resign-timestamp ")),
+                .all(|e| e.starts_with("/usr/bin/defect-central repo resign-timestamp ")),
         "{exec:?}"
     );
 }

@@ -64,7 +64,11 @@ async fn model_updater_repo_still_publishes_through_defect_central_with_a_deprec
     assert!(stderr(&old).contains(REPO_DEPRECATED), "{}", stderr(&old));
     assert!(!stderr(&new).contains("deprecated"), "{}", stderr(&new));
     assert!(stdout(&old).starts_with("initialised "), "{}", stdout(&old));
-    assert_eq!(files(&old_repo), files(&new_repo), "the same repository layout");
+    assert_eq!(
+        files(&old_repo),
+        files(&new_repo),
+        "the same repository layout"
+    );
     assert_eq!(files(&old_keys), files(&new_keys), "the same keys");
 
     // Flags after the subcommand pass through untouched, and the repository is a real one.
@@ -87,7 +91,9 @@ async fn model_updater_repo_still_publishes_through_defect_central_with_a_deprec
     assert!(add.status.success(), "{}", stderr(&add));
     assert!(stdout(&add).starts_with("published "), "{}", stdout(&add));
     let root = std::fs::read(old_repo.join("metadata/1.root.json")).expect("root");
-    let loaded = load_with_tough(&root, &old_repo).await.expect("tough loads it");
+    let loaded = load_with_tough(&root, &old_repo)
+        .await
+        .expect("tough loads it");
     assert_eq!(loaded.targets.len(), 1);
 
     // defect-central's failure is the old command's failure.

@@ -6,11 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use defect_e2e::python_tuf::{publisher, publisher_json};
-use defect_e2e::shipped_bundle;
 use defect_central::publish::{
     self, Expiries, InitOptions, KeyRole, LoadedRepo, TargetOptions, load_with_tough,
 };
+use defect_e2e::python_tuf::{publisher, publisher_json};
+use defect_e2e::shipped_bundle;
 use serde_json::{Value, json};
 
 struct PyRepo {
