@@ -24,11 +24,15 @@
 //! - [`canary`]: a candidate bundle run in shadow beside the model in service (a frame hook),
 //!   and the evidence it earns (agreement, flips by direction, latency, skipped runs).
 //! - [`capture`]: frames kept for retraining: sampling, the bounded store, the resumable
-//!   upload and its central receiver, the export for training scripts.
+//!   upload to the central server, the export for training scripts.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.
 //! - [`demo`]: `defect-agent demo`: the whole path on a fresh machine, with an embedded broker.
+//! - [`forward`]: the deprecated `defect-agent capture-server`, which runs
+//!   `defect-central capture-server`.
 //!
-//! Model packaging, loading and inference live in the `defect-models` crate.
+//! Model packaging, loading and inference live in the `defect-models` crate. The central
+//! receiver of captured frames lives in the `defect-central` crate, so an edge box does not
+//! carry it.
 
 #![forbid(unsafe_code)]
 
@@ -39,6 +43,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod embedded;
+pub mod forward;
 pub mod health;
 pub mod metrics;
 pub mod monitor;

@@ -1,5 +1,9 @@
 //! `defect-agent`: the edge inference daemon's command line.
+//!
+//! The central receiver of captured frames is `defect-central capture-server`; the old
+//! `defect-agent capture-server` still runs it for one release, with a deprecation message.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -7,7 +11,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use defect_agent::config::Config;
 use defect_agent::serving::ModelSource;
-use defect_agent::{capture, classify, daemon, demo, embedded};
+use defect_agent::{capture, classify, daemon, demo, embedded, forward};
 use defect_models::{Bundle, gate};
 
 /// Exit code of a configuration that cannot be used (EX_CONFIG).
@@ -81,14 +85,12 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
     },
-    /// Receive captured frames from edge boxes (run on the central server).
+    /// Deprecated: runs `defect-central capture-server` with the same arguments.
+    #[command(hide = true, disable_help_flag = true)]
     CaptureServer {
-        /// Address and port to listen on.
-        #[arg(long, default_value = "127.0.0.1:8090")]
-        listen: String,
-        /// Folder the frames are stored in, one folder per station.
-        #[arg(long)]
-        dir: PathBuf,
+        /// Arguments for `defect-central capture-server`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
 }
 
@@ -176,9 +178,8 @@ fn main() -> ExitCode {
             init_logging("warn");
             exit_with(capture_export(config, store, &to))
         }
-        Command::CaptureServer { listen, dir } => {
-            init_logging("info");
-            exit_with(runtime().and_then(|rt| rt.block_on(capture_server(&listen, &dir))))
+        Command::CaptureServer { args } => {
+            forward::to_central("defect-agent", "capture-server", &args)
         }
     }
 }
@@ -203,17 +204,6 @@ fn capture_export(
         summary.csv.display()
     );
     Ok(())
-}
-
-async fn capture_server(listen: &str, dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("--listen {listen}"))?;
-    tracing::info!(address = %listener.local_addr()?, dir = %dir.display(), "receiving captured frames");
-    capture::receiver::serve(listener, dir)
-        .await
-        .context("capture server")
 }
 
 fn exit_with(result: Result<()>) -> ExitCode {

@@ -803,7 +803,7 @@ def main() -> None:
     if not gates_met:
         raise SystemExit(f"factory: {bundle} does not meet the gates on {args.test} (see {out / 'evaluation.json'}); not publishing it")
     print("\nTo publish (lines and stations of your plant):")
-    print(f"model-updater repo add-target --repo {PUBLISH_REPOSITORY} --keys keys/ --bundle {bundle} --lines <line> --stations <stations>")
+    print(f"defect-central repo add-target --repo {PUBLISH_REPOSITORY} --keys keys/ --bundle {bundle} --lines <line> --stations <stations>")
 
 
 if __name__ == "__main__":

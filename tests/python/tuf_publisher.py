@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Independent TUF publisher built on python-tuf's Metadata API, for interop and attack tests.
 
-It writes the same repository layout and target custom fields as `model-updater repo`, with its
+It writes the same repository layout and target custom fields as `defect-central repo`, with its
 own code and its own keys, so that the box-side client (tough) is tested against metadata that
 our Rust publisher did not produce:
 
@@ -481,7 +481,7 @@ def verify_file(meta, data: bytes, path: Path) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
-    """Checks a repository (e.g. one `model-updater repo` wrote) the way a TUF client does,
+    """Checks a repository (e.g. one `defect-central repo` wrote) the way a TUF client does,
     without expiry: every root from 1.root.json on signed by the previous and its own
     threshold, then timestamp, snapshot and targets with lengths, hashes and signatures."""
     layout = Layout(args.repo)

@@ -1,6 +1,7 @@
-//! The real `defect-agent capture-server` (the central receiver of captured frames) as a
+//! The real `defect-central capture-server` (the central receiver of captured frames) as a
 //! child process of a test: started on a free loopback port, killed with SIGKILL, started
-//! again on the same port and folder.
+//! again on the same port and folder. It may also be started through the deprecated
+//! `defect-agent capture-server`, which runs `defect-central` in its place.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use crate::broker::free_port;
 pub struct CaptureServer {
     /// The loopback port it listens on.
     pub port: u16,
+    /// The binary started with `capture-server` and its flags.
+    binary: &'static str,
     dir: tempfile::TempDir,
     log: PathBuf,
     child: Option<Child>,
@@ -22,10 +25,17 @@ impl CaptureServer {
     /// Starts a receiver on a free port with an empty folder; returns once it accepts
     /// connections.
     pub fn start() -> CaptureServer {
+        CaptureServer::start_with("defect-central")
+    }
+
+    /// Starts `<binary> capture-server` on a free port with an empty folder; returns once it
+    /// accepts connections.
+    pub fn start_with(binary: &'static str) -> CaptureServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
         let mut server = CaptureServer {
             port: free_port(),
+            binary,
             dir,
             log,
             child: None,
@@ -57,7 +67,7 @@ impl CaptureServer {
             .append(true)
             .open(&self.log)
             .expect("server log");
-        let child = Command::new(crate::binary("defect-agent"))
+        let child = Command::new(crate::binary(self.binary))
             .args(["capture-server", "--listen"])
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--dir")
@@ -77,6 +87,11 @@ impl CaptureServer {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The receiver's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the receiver with SIGKILL, as a crash or a power cut would.

@@ -1,8 +1,8 @@
 //! Helpers for the end-to-end tests: where the built binaries and the repository's model files
 //! are.
 //!
-//! The tests in `tests/tests/` run the real `defect-agent`, `model-updater` and `model-bundle`
-//! binaries against the real shipped bundle and sample frames. The binaries are not built by
+//! The tests in `tests/tests/` run the real `defect-agent`, `model-updater`, `defect-central`
+//! and `model-bundle` binaries against the real shipped bundle and sample frames. The binaries are not built by
 //! `cargo test` itself: build them first with `cargo build --workspace --bins` (the same
 //! profile), or point `DEFECT_E2E_BIN_DIR` at a folder holding them (see [`binary`]).
 

@@ -1,7 +1,9 @@
 //! # model-updater
 //!
 //! The separate process that brings signed model versions from the central server onto an
-//! edge box and swaps them in atomically, and the ops-side commands that sign and publish them.
+//! edge box and swaps them in atomically. Creating and signing the repository it reads is the
+//! central server's job, in the `defect-central` crate, which uses this crate's metadata
+//! checks and canary policy types; an edge box carries no signing code.
 //!
 //! ## Layout
 //!
@@ -20,9 +22,7 @@
 //! - [`status`], [`mqtt`]: the status document, its file and its retained MQTT topic.
 //! - [`metrics`]: Prometheus metrics read from the status board, and their listener.
 //! - [`service`]: one update cycle and the daemon loop.
-//!
-//! Ops side:
-//! - [`publish`]: creating and signing the repository the boxes read.
+//! - [`forward`]: the deprecated `model-updater repo`, which runs `defect-central repo`.
 
 #![forbid(unsafe_code)]
 
@@ -30,10 +30,10 @@ pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod download;
+pub mod forward;
 pub mod install;
 pub mod metrics;
 pub mod mqtt;
-pub mod publish;
 pub mod select;
 pub mod service;
 pub mod state;

@@ -1,9 +1,11 @@
 //! `model-updater`: signed model updates for defect-agent.
 //!
-//! Box side: `run` (the daemon), `check` (one cycle), `install-from` (a repository copied onto
-//! removable media), `status`, `check-config`. Ops side: `repo` (create, publish, re-sign,
-//! rotate keys).
+//! `run` (the daemon), `check` (one cycle), `install-from` (a repository copied onto
+//! removable media), `status`, `approve`, `check-config`. Creating and signing the repository is
+//! `defect-central repo`; the old `model-updater repo` still runs it for one release, with a
+//! deprecation message.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -68,9 +70,13 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Ops side: create, publish to and maintain a signed repository.
-    #[command(subcommand)]
-    Repo(model_updater::publish::RepoCommand),
+    /// Deprecated: runs `defect-central repo` with the same arguments.
+    #[command(hide = true, disable_help_flag = true)]
+    Repo {
+        /// Arguments for `defect-central repo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 const EXIT_CONFIG: u8 = 78;
@@ -167,10 +173,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(code) => code,
         }),
-        Command::Repo(command) => {
-            command.run().await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Repo { args } => Ok(model_updater::forward::to_central(
+            "model-updater",
+            "repo",
+            &args,
+        )),
     }
 }
 

@@ -4,8 +4,8 @@
 //! - `sampler`: which frames to keep (uncertain, drifting, random, every reject); frames the
 //!   canary candidate decided otherwise are always kept, with both models' scores.
 //! - `store`: the bounded on-disk store; nothing waiting for upload is ever evicted.
-//! - `upload`: resumable, rate-limited, idempotent upload to the central server.
-//! - `receiver`: the central server's side of that protocol (`defect-agent capture-server`).
+//! - `upload`: resumable, rate-limited, idempotent upload to the central server (whose side
+//!   of the protocol is `defect-central capture-server`, in the `defect-central` crate).
 //! - `export`: the captured set as class folders plus a CSV (`defect-agent capture-export`).
 //!
 //! The worker thread chooses (cheap) and hands the frame's bytes to a writer thread through a
@@ -13,7 +13,6 @@
 
 pub mod export;
 mod hook;
-pub mod receiver;
 pub mod sampler;
 pub mod store;
 pub mod upload;

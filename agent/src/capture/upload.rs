@@ -1,9 +1,9 @@
 //! Uploading captured frames to the central server: resumable, rate-limited, idempotent.
 //!
 //! This module owns the client side of the capture upload protocol (the server side is
-//! `receiver`). Every object (an item's image, then its metadata) has a fixed URL
-//! `<url>/<station>/<file>`. Before sending, a `HEAD` asks the server what it holds:
-//! nothing (404), a complete object (`Upload-Complete: 1`: nothing is sent again), or the
+//! `defect-central capture-server`, whose header names match the ones below). Every object
+//! (an item's image, then its metadata) has a fixed URL `<url>/<station>/<file>`. Before
+//! sending, a `HEAD` asks the server what it holds: nothing (404), a complete object (`Upload-Complete: 1`: nothing is sent again), or the
 //! first `Upload-Offset` bytes of a cut upload, from which the `PUT` resumes. A `PUT` carries
 //! `Upload-Offset`, `Upload-Length` and the whole object's `Content-SHA256`; the server keeps
 //! the object only when the hash matches. An item is marked uploaded, and may be evicted,

@@ -14,7 +14,7 @@ use crate::updater_box::{copy_dir, describe, faketime};
 
 /// The binary and the subcommand that hold our publisher's commands (`<binary> <subcommand>
 /// init|add-target|resign-timestamp|rotate-key …`).
-pub const PUBLISHER: (&str, &str) = ("model-updater", "repo");
+pub const PUBLISHER: (&str, &str) = ("defect-central", "repo");
 
 /// Runs our publisher with `args` and `env`, and panics with its output on failure.
 fn run(args: &[&str], env: &[(String, String)]) -> Output {

@@ -1,5 +1,5 @@
 //! Data capture in the real `defect-agent run` against a real Mosquitto and the real
-//! `defect-agent capture-server`: which frames are kept and with what metadata, the export
+//! `defect-central capture-server`: which frames are kept and with what metadata, the export
 //! for training scripts, the size cap, the privacy switch, and the upload: resumed after the
 //! server is killed mid-upload, rate-limited, and never sent twice.
 

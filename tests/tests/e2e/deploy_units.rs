@@ -491,8 +491,8 @@ fn the_seeding_helper_makes_the_shipped_bundle_factory_and_current_only_when_non
     );
 }
 
-/// `[package.metadata.deb]` of agent/Cargo.toml, as cargo reads it.
-fn deb_metadata() -> serde_json::Value {
+/// `[package.metadata.deb]` of a workspace package's Cargo.toml, as cargo reads it.
+fn deb_metadata(package: &str) -> serde_json::Value {
     let output = run(Command::new(env!("CARGO"))
         .args([
             "metadata",
@@ -509,8 +509,8 @@ fn deb_metadata() -> serde_json::Value {
         .as_array()
         .expect("packages")
         .iter()
-        .find(|p| p["name"] == "defect-agent")
-        .expect("defect-agent package")["metadata"]["deb"]
+        .find(|p| p["name"] == package)
+        .unwrap_or_else(|| panic!("no package {package}"))["metadata"]["deb"]
         .clone()
 }
 
@@ -518,7 +518,7 @@ fn deb_metadata() -> serde_json::Value {
 /// exist; its maintainer scripts are executable, parse, and carry no #DEBHELPER# token.
 #[test]
 fn the_debian_package_installs_what_the_units_and_scripts_name() {
-    let deb = deb_metadata();
+    let deb = deb_metadata("defect-agent");
     let agent_dir = repo_root().join("agent");
     let mut installed = Vec::new();
     for asset in deb["assets"].as_array().expect("assets") {
@@ -578,6 +578,45 @@ fn the_debian_package_installs_what_the_units_and_scripts_name() {
         let output = run(Command::new("sh").arg("-n").arg(&path));
         assert!(output.status.success(), "{script}: {}", text(&output));
     }
+}
+
+/// The edge package carries no central-server tool; the central server's package ships
+/// `defect-central` where the re-signing unit runs it, from files that exist.
+#[test]
+fn defect_central_is_packaged_for_the_central_server_only() {
+    let edge = deb_metadata("defect-agent");
+    let edge_assets = edge["assets"].to_string();
+    assert!(
+        !edge_assets.contains("defect-central"),
+        "the edge package ships defect-central: {edge_assets}"
+    );
+    let central = deb_metadata("defect-central");
+    let central_dir = repo_root().join("central");
+    let mut binaries = Vec::new();
+    for asset in central["assets"].as_array().expect("assets") {
+        let source = asset[0].as_str().expect("source");
+        let dest = asset[1].as_str().expect("dest");
+        match source.strip_prefix("target/release/") {
+            Some(binary) => binaries.push(format!("/{dest}{binary}")),
+            None => {
+                let exists = match source.strip_suffix("/*") {
+                    Some(folder) => central_dir.join(folder).is_dir(),
+                    None => central_dir.join(source).is_file(),
+                };
+                assert!(exists, "asset {source} does not exist");
+            }
+        }
+    }
+    assert_eq!(binaries, ["/usr/bin/defect-central"]);
+    let unit = unit_settings(&deploy("central/defect-resign-timestamp.service"));
+    let exec = setting(&unit, "ExecStart");
+    assert!(
+        !exec.is_empty()
+            && exec
+                .iter()
+                .all(|e| e.starts_with("/usr/bin/defect-central repo resign-timestamp ")),
+        "{exec:?}"
+    );
 }
 
 /// A real Mosquitto with the deploy snippet's settings: the lines of

@@ -1,5 +1,5 @@
-//! The end-to-end tests: the real `defect-agent`, `model-updater` and `model-bundle` binaries
-//! against a real Mosquitto broker, real HTTP servers, real model files and real processes
+//! The end-to-end tests: the real `defect-agent`, `model-updater`, `defect-central` and
+//! `model-bundle` binaries against a real Mosquitto broker, real HTTP servers, real model files and real processes
 //! killed at random instants.
 //!
 //! One test binary with a module per area, so the suite links tract, tokio, rustls and sled
@@ -18,6 +18,7 @@ mod classify_cli;
 mod data_capture;
 mod demo;
 mod deploy_units;
+mod deprecated_commands;
 mod line_monitor;
 mod metrics;
 mod python_tuf_publisher;

@@ -1,6 +1,6 @@
 //! The metrics endpoints of the real daemons: `defect-agent run` fed the sample frames and a
 //! corrupt file, against a real Mosquitto; `model-updater run` against a repository made by
-//! `model-updater repo`. Every count is checked against what happened, and every exposition
+//! `defect-central repo`. Every count is checked against what happened, and every exposition
 //! with `promtool check metrics` (a missing promtool fails the test: `apt-get install -y
 //! prometheus`).
 

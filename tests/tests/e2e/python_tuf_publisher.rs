@@ -6,11 +6,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use defect_e2e::python_tuf::{publisher, publisher_json};
-use defect_e2e::shipped_bundle;
-use model_updater::publish::{
+use defect_central::publish::{
     self, Expiries, InitOptions, KeyRole, LoadedRepo, TargetOptions, load_with_tough,
 };
+use defect_e2e::python_tuf::{publisher, publisher_json};
+use defect_e2e::shipped_bundle;
 use serde_json::{Value, json};
 
 struct PyRepo {
@@ -71,7 +71,7 @@ impl PyRepo {
         fs::read(self.repo.join("metadata/1.root.json")).expect("1.root.json")
     }
 
-    async fn load(&self) -> Result<LoadedRepo, model_updater::publish::PublishError> {
+    async fn load(&self) -> Result<LoadedRepo, defect_central::publish::PublishError> {
         load_with_tough(&self.first_root(), &self.repo).await
     }
 }

@@ -5,10 +5,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use defect_models::bundle::Bundle;
-use model_updater::publish::{
+use defect_central::publish::{
     self, Expiries, InitOptions, PublishError, RepoLayout, RepoState, SigningKey, TargetOptions,
 };
+use defect_models::bundle::Bundle;
 use tough::schema::RoleType;
 use tough::{IntoVec, RepositoryLoader, TargetName};
 use url::Url;

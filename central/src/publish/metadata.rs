@@ -208,7 +208,7 @@ pub struct TargetCustom {
     pub lines: Vec<String>,
     /// Its canary policy, overriding the boxes' `[canary]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<crate::canary::CanaryOverrides>,
+    pub canary: Option<model_updater::canary::CanaryOverrides>,
 }
 
 impl TargetCustom {

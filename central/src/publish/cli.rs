@@ -1,4 +1,4 @@
-//! The `model-updater repo …` ops commands.
+//! The `defect-central repo …` commands.
 //!
 //! This module owns the command-line surface of publishing: argument parsing with clap and a
 //! one-line report per command on standard output. The work itself is in the operations module.
@@ -12,7 +12,7 @@ use tough::schema::RoleType;
 use super::PublishError;
 use super::ops::{self, Expiries, InitOptions, TargetOptions};
 
-/// Repository publishing commands for ops (`model-updater repo <command>`).
+/// Repository publishing commands (`defect-central repo <command>`).
 #[derive(Debug, Clone, Subcommand)]
 pub enum RepoCommand {
     /// Create a repository and generate its keys: root (threshold of root keys), targets,
@@ -58,7 +58,7 @@ pub enum RepoCommand {
         /// Canary policy of this version, JSON overriding the boxes' `[canary]`, such as
         /// '{"min_frames":2000,"max_reject_to_pass":0}' or '{"enabled":false}'.
         #[arg(long, value_parser = parse_canary)]
-        canary: Option<crate::canary::CanaryOverrides>,
+        canary: Option<model_updater::canary::CanaryOverrides>,
         /// Expiries (root is not re-signed by this command).
         #[command(flatten)]
         expiries: ExpiryArgs,
@@ -273,9 +273,9 @@ impl RepoCommand {
     }
 }
 
-/// Parses `--canary`: a JSON object of [`crate::canary::CanaryOverrides`] fields.
-fn parse_canary(text: &str) -> Result<crate::canary::CanaryOverrides, String> {
-    let overrides: crate::canary::CanaryOverrides =
+/// Parses `--canary`: a JSON object of [`model_updater::canary::CanaryOverrides`] fields.
+fn parse_canary(text: &str) -> Result<model_updater::canary::CanaryOverrides, String> {
+    let overrides: model_updater::canary::CanaryOverrides =
         serde_json::from_str(text).map_err(|e| format!("--canary {text:?}: {e}"))?;
     match overrides.problem() {
         Some(problem) => Err(format!("--canary {text:?}: {problem}")),

@@ -107,7 +107,7 @@ pub struct TargetOptions {
     /// Lines allowed to install it; empty means every line.
     pub lines: Vec<String>,
     /// Its canary policy, overriding the boxes' `[canary]`.
-    pub canary: Option<crate::canary::CanaryOverrides>,
+    pub canary: Option<model_updater::canary::CanaryOverrides>,
     /// Expiries of the targets, snapshot and timestamp versions written.
     pub expiries: Expiries,
 }

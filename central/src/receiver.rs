@@ -1,4 +1,4 @@
-//! The central server's side of the capture upload: `defect-agent capture-server`.
+//! The central server's side of the capture upload: `defect-central capture-server`.
 //!
 //! This module owns what the central side stores, under `<dir>/<station>/<file>`: bytes of a
 //! cut upload are kept in `.<file>.part` as they arrive (synced when the request ends, however
@@ -6,6 +6,10 @@
 //! folder synced) only once all of it arrived and its SHA-256 matches the one the box sent.
 //! A `PUT` of an object already held with the same hash succeeds without writing, so a box
 //! that did not hear the answer may send again safely. One request per object at a time.
+//!
+//! The uploading client is `defect-agent`'s `capture::upload` module; the header names below
+//! are the protocol both sides speak, and the `data_capture` end-to-end tests run the two real
+//! binaries against each other.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,7 +25,14 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::upload::{COMPLETE, LENGTH, OFFSET, SHA256};
+/// Bytes the server holds of an object (request and response).
+pub const OFFSET: &str = "upload-offset";
+/// The object's full length.
+pub const LENGTH: &str = "upload-length";
+/// `1` when the server holds the whole object, hash checked.
+pub const COMPLETE: &str = "upload-complete";
+/// Hex SHA-256 of the whole object.
+pub const SHA256: &str = "content-sha256";
 
 /// Largest object accepted, in bytes.
 const MAX_OBJECT: u64 = 256 * 1024 * 1024;
@@ -45,6 +56,49 @@ pub fn router(dir: &Path) -> Router {
 /// Serves the receiver on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, dir: &Path) -> std::io::Result<()> {
     axum::serve(listener, router(dir)).await
+}
+
+/// Why the receiver could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    /// The storage folder could not be created.
+    #[error("{path}: {source}")]
+    Dir {
+        /// The folder.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("--listen {address}: {source}")]
+    Bind {
+        /// The address as given.
+        address: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("capture server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Creates `dir`, listens on `address` and serves the receiver until the process ends.
+pub async fn run(address: &str, dir: &Path) -> Result<(), ReceiverError> {
+    std::fs::create_dir_all(dir).map_err(|source| ReceiverError::Dir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ReceiverError::Bind {
+            address: address.to_owned(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| address.to_owned(), |a| a.to_string());
+    tracing::info!(address = %local, dir = %dir.display(), "receiving captured frames");
+    serve(listener, dir).await.map_err(ReceiverError::Serve)
 }
 
 fn text(status: StatusCode, message: String) -> Response {
