@@ -6,7 +6,7 @@
 //! counters and histograms only: no I/O, no await, nothing that can fail. What other
 //! components already keep (the queue, the model in service, the broker link, readiness, the
 //! result log's backlog and drops) is read when scraped, never copied. The text formats come
-//! from `defect-exposition`.
+//! from `defect_shared::exposition`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use defect_exposition::Format;
+use defect_shared::exposition::Format;
 use defect_models::Timings;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -448,7 +448,7 @@ pub async fn serve(
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    match defect_exposition::render(&state.registry, format) {
+    match defect_shared::exposition::render(&state.registry, format) {
         Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "metrics scrape failed");
@@ -497,7 +497,7 @@ mod tests {
         registry.register("no_decisions", "", metrics.no_decisions.clone());
         registry.register("frames_received", "", metrics.frames_received.clone());
         registry.register_with_unit("stage_duration", "", Unit::Seconds, metrics.stages.clone());
-        defect_exposition::render(&registry, Format::Prometheus).expect("render")
+        defect_shared::exposition::render(&registry, Format::Prometheus).expect("render")
     }
 
     #[test]

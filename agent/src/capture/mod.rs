@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use defect_shared::error_chain::Chain;
 use defect_models::{Classification, Model, Verdict};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
@@ -263,12 +264,12 @@ impl CaptureShared {
             Err(error @ CaptureError::Full { .. }) => {
                 let count = self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
                 if count.is_power_of_two() || count == 0 {
-                    tracing::warn!(%error, dropped = count + 1, "capture refused");
+                    tracing::warn!(error = %Chain(&error), dropped = count + 1, "capture refused");
                 }
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "cannot store a captured frame");
+                tracing::error!(error = %Chain(&error), "cannot store a captured frame");
             }
         }
     }

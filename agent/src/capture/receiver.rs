@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use defect_shared::error_chain::Chain;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
@@ -231,7 +232,7 @@ async fn store(
     let _ = out.sync_all().await;
     drop(out);
     if let Some(error) = cut {
-        tracing::info!(station, file, received, length, %error, "upload cut; kept for a resume");
+        tracing::info!(station, file, received, length, error = %Chain(&error), "upload cut; kept for a resume");
         return text(StatusCode::BAD_REQUEST, format!("upload cut: {error}"));
     }
     if received < length {
@@ -259,7 +260,7 @@ async fn store(
         return text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
     }
     if let Some(folder) = done.parent() {
-        let _ = defect_models::atomic::sync_dir(folder);
+        let _ = defect_shared::atomic::sync_dir(folder);
     }
     tracing::info!(station, file, bytes = length, "stored");
     StatusCode::CREATED.into_response()
