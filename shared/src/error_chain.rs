@@ -23,7 +23,13 @@ pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_line(f, std::iter::successors(Some(self.0), |e| e.source()))
+        let mut errors = Vec::new();
+        let mut next = Some(self.0);
+        while let Some(error) = next {
+            errors.push(error);
+            next = error.source();
+        }
+        write_line(f, errors)
     }
 }
 
