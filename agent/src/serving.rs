@@ -103,7 +103,7 @@ pub enum ServingError {
         origin: String,
         /// Why it could not be read.
         #[source]
-        source: UnreadableBundle,
+        source: Box<UnreadableBundle>,
         /// SHA-256 of the store bundle, when the store's pointer could be read.
         sha256: Option<String>,
     },
@@ -114,7 +114,7 @@ pub enum ServingError {
         origin: String,
         /// The gate's reason.
         #[source]
-        source: gate::GateError,
+        source: Box<gate::GateError>,
         /// SHA-256 of the bundle.
         sha256: Option<String>,
     },
@@ -150,8 +150,8 @@ impl ServingError {
     /// The reason alone, without the origin (the text of the health report's `error`).
     fn reason(&self) -> String {
         match self {
-            ServingError::Unreadable { source, .. } => chain(source),
-            ServingError::Refused { source, .. } => chain(source),
+            ServingError::Unreadable { source, .. } => chain(source.as_ref()),
+            ServingError::Refused { source, .. } => chain(source.as_ref()),
         }
     }
 }
@@ -164,7 +164,7 @@ type Validated = (Arc<Model>, ModelInfo);
 fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Validated>, ServingError> {
     let unreadable = |origin: String, source: UnreadableBundle| ServingError::Unreadable {
         origin,
-        source,
+        source: Box::new(source),
         sha256: None,
     };
     match source {
@@ -203,7 +203,7 @@ fn load_store_bundle(
     let path = store.bundle_path(sha256);
     let unreadable = |source: UnreadableBundle| ServingError::Unreadable {
         origin: origin.clone(),
-        source,
+        source: Box::new(source),
         sha256: Some(sha256.to_owned()),
     };
     let bundle = std::fs::read(&path)
@@ -233,11 +233,7 @@ fn load_store_bundle(
     if let Some(trial) = trial {
         match &result {
             Ok((_, info)) => trial.write(HealthState::Serving, Some(info.mv), None),
-            Err(error) => trial.write(
-                HealthState::Refused,
-                model_version,
-                Some(error.reason()),
-            ),
+            Err(error) => trial.write(HealthState::Refused, model_version, Some(error.reason())),
         }
     }
     result
@@ -296,7 +292,7 @@ impl Trial {
 fn validate(bundle: &Bundle, origin: &str) -> Result<Validated, ServingError> {
     let (model, report) = gate::validate(bundle).map_err(|source| ServingError::Refused {
         origin: origin.to_owned(),
-        source,
+        source: Box::new(source),
         sha256: None,
     })?;
     let manifest = model.manifest();
@@ -335,7 +331,7 @@ pub async fn load_initial(
         .await
         .map_err(|e| ServingError::Unreadable {
             origin: "model loader".into(),
-            source: UnreadableBundle::Loader(e),
+            source: Box::new(UnreadableBundle::Loader(e)),
             sha256: None,
         })??;
     match loaded {

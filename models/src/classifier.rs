@@ -182,10 +182,13 @@ impl Model {
 
     /// A classifier for one inference thread.
     pub fn classifier(self: &Arc<Self>) -> Result<Classifier, ModelError> {
-        let state = self.plan.spawn().map_err(|source| ModelError::Incompatible {
-            shape: self.manifest.input.shape.clone(),
-            source,
-        })?;
+        let state = self
+            .plan
+            .spawn()
+            .map_err(|source| ModelError::Incompatible {
+                shape: self.manifest.input.shape.clone(),
+                source,
+            })?;
         Ok(Classifier {
             model: Arc::clone(self),
             state,
@@ -336,10 +339,7 @@ fn names(graph: &InferenceModel, outlets: &[OutletId]) -> String {
 }
 
 fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), ModelError> {
-    let inputs = graph
-        .input_outlets()
-        .map_err(ModelError::Onnx)?
-        .to_vec();
+    let inputs = graph.input_outlets().map_err(ModelError::Onnx)?.to_vec();
     let chosen = match &manifest.input.tensor {
         Some(name) => inputs
             .iter()
@@ -350,9 +350,7 @@ fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), M
                 name: name.clone(),
                 available: names(graph, &inputs),
             })?,
-        None => *inputs
-            .first()
-            .ok_or(ModelError::NoTensor("input"))?,
+        None => *inputs.first().ok_or(ModelError::NoTensor("input"))?,
     };
     let declared = graph
         .outlet_fact(chosen)
@@ -386,16 +384,11 @@ fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), M
             manifest: shape.clone(),
         });
     }
-    graph
-        .set_input_outlets(&[chosen])
-        .map_err(ModelError::Onnx)
+    graph.set_input_outlets(&[chosen]).map_err(ModelError::Onnx)
 }
 
 fn select_output(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), ModelError> {
-    let outputs = graph
-        .output_outlets()
-        .map_err(ModelError::Onnx)?
-        .to_vec();
+    let outputs = graph.output_outlets().map_err(ModelError::Onnx)?.to_vec();
     let chosen = match &manifest.output.tensor {
         Some(name) => outputs
             .iter()
@@ -408,9 +401,7 @@ fn select_output(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), 
                 name: name.clone(),
                 available: names(graph, &outputs),
             })?,
-        None => *outputs
-            .first()
-            .ok_or(ModelError::NoTensor("output"))?,
+        None => *outputs.first().ok_or(ModelError::NoTensor("output"))?,
     };
     graph
         .select_output_outlets(&[chosen])

@@ -385,7 +385,9 @@ mod tests {
         assert!(
             matches!(
                 err,
-                DecodeError::Corrupt(_) | DecodeError::Unreadable(_) | DecodeError::UnreadableJpeg(_)
+                DecodeError::Corrupt(_)
+                    | DecodeError::Unreadable(_)
+                    | DecodeError::UnreadableJpeg(_)
             ),
             "{err}"
         );

@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(fs::read(&path).expect("read"), b"one");
         let temporaries = fs::read_dir(dir.path())
             .expect("list")
-            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp")))
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            })
             .count();
         assert_eq!(temporaries, 0);
     }

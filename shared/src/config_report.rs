@@ -68,7 +68,11 @@ impl Problems {
 
     /// `Ok(value)` when no problem was found, the problems otherwise.
     pub fn into_result<T>(self, value: T) -> Result<T, Problems> {
-        if self.is_empty() { Ok(value) } else { Err(self) }
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
     }
 }
 

@@ -30,7 +30,10 @@ mod tests {
     fn the_default_applies_without_rust_log_and_a_second_init_is_harmless() {
         if std::env::var_os("RUST_LOG").is_none() {
             let text = filter("warn,rumqttd=off").to_string();
-            assert!(text.contains("rumqttd=off") && text.contains("warn"), "{text}");
+            assert!(
+                text.contains("rumqttd=off") && text.contains("warn"),
+                "{text}"
+            );
         }
         init("info");
         init("debug");

@@ -67,10 +67,7 @@ pub struct MetricsListener {
 
 impl MetricsListener {
     /// Binds `listen` (`host:port`) for `endpoint`.
-    pub async fn bind(
-        listen: &str,
-        endpoint: impl Endpoint,
-    ) -> Result<MetricsListener, BindError> {
+    pub async fn bind(listen: &str, endpoint: impl Endpoint) -> Result<MetricsListener, BindError> {
         let error = |source| BindError {
             address: listen.to_owned(),
             source,

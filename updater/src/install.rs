@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
-use defect_shared::error_chain::Chain;
-use defect_models::{Bundle, BundleError};
 use defect_models::store::{Pointer, Store, StoreError};
+use defect_models::{Bundle, BundleError};
+use defect_shared::error_chain::Chain;
 
 use crate::state::{BadVersion, ModelRef, StateError, StateFile, Trial, TrialPhase, UpdaterState};
 use crate::trust::{TrustError, TrustStore};

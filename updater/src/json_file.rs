@@ -34,12 +34,14 @@ pub enum JsonFileError {
 /// The content of `path`; `None` when it does not exist.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, JsonFileError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| JsonFileError::Parse {
-                path: path.to_owned(),
-                source,
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| JsonFileError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(JsonFileError::Read {
             path: path.to_owned(),
@@ -61,7 +63,10 @@ mod tests {
         let error = read::<Vec<u32>>(&path).expect_err("torn");
         assert!(matches!(error, JsonFileError::Parse { .. }));
         let text = defect_shared::error_chain::chain(&error);
-        assert!(text.starts_with(&format!("{}: EOF", path.display())), "{text}");
+        assert!(
+            text.starts_with(&format!("{}: EOF", path.display())),
+            "{text}"
+        );
         std::fs::write(&path, b"[1, 2]").expect("write");
         assert_eq!(read::<Vec<u32>>(&path).expect("read"), Some(vec![1, 2]));
     }

@@ -139,7 +139,8 @@ mod tests {
             .activity()
             .downloaded_bytes()
             .fetch_add(4096, Ordering::Relaxed);
-        let text = defect_shared::exposition::render(&registry(board), Format::Prometheus).expect("render");
+        let text = defect_shared::exposition::render(&registry(board), Format::Prometheus)
+            .expect("render");
         for line in [
             "model_updater_state{state=\"offline\"} 1\n",
             "model_updater_state{state=\"idle\"} 0\n",

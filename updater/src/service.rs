@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use defect_models::store::{Pointer, Store, StoreError};
-use defect_shared::error_chain;
+use defect_shared::error_chain::{self, Chain};
 use defect_shared::metrics_listener::{BindError, MetricsListener};
 use rand::Rng;
 use tokio::sync::Notify;

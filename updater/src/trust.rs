@@ -69,9 +69,7 @@ pub enum TrustError {
         source: std::io::Error,
     },
     /// No root is available: neither a history nor the shipped root.
-    #[error(
-        "no trusted root: the root history {history} is empty and {shipped} cannot be read"
-    )]
+    #[error("no trusted root: the root history {history} is empty and {shipped} cannot be read")]
     NoRoot {
         /// The history folder.
         history: PathBuf,

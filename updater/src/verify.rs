@@ -61,10 +61,8 @@ impl Source {
             source,
         })?;
         let url = |sub: &str| {
-            Url::from_directory_path(absolute.join(sub)).map_err(|()| {
-                CheckError::UnusablePath {
-                    path: absolute.clone(),
-                }
+            Url::from_directory_path(absolute.join(sub)).map_err(|()| CheckError::UnusablePath {
+                path: absolute.clone(),
             })
         };
         Ok(Source {
@@ -427,9 +425,7 @@ fn release(
     } else {
         name.to_owned()
     };
-    let url = targets_url
-        .join(&file)
-        .map_err(ReleaseError::Url)?;
+    let url = targets_url.join(&file).map_err(ReleaseError::Url)?;
     Ok(Release {
         target: name.to_owned(),
         model: text("model")?,

@@ -11,7 +11,6 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use defect_shared::error_chain::Chain;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path as UrlPath, State};
@@ -232,7 +231,7 @@ async fn store(
     let _ = out.sync_all().await;
     drop(out);
     if let Some(error) = cut {
-        tracing::info!(station, file, received, length, error = %Chain(&error), "upload cut; kept for a resume");
+        tracing::info!(station, file, received, length, %error, "upload cut; kept for a resume");
         return text(StatusCode::BAD_REQUEST, format!("upload cut: {error}"));
     }
     if received < length {

@@ -66,8 +66,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
         .map_err(unreadable("its list of entries".to_owned()))?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in entries {
-        let mut entry =
-            entry.map_err(unreadable(format!("entry {}", out.len() + 1)))?;
+        let mut entry = entry.map_err(unreadable(format!("entry {}", out.len() + 1)))?;
         let path = entry
             .path()
             .map_err(unreadable(format!("the name of entry {}", out.len() + 1)))?

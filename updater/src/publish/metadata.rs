@@ -5,8 +5,7 @@
 //! targets of a repository folder. It also owns the `custom` fields every target carries.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 

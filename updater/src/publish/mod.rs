@@ -92,7 +92,7 @@ pub enum PublishError {
         path: PathBuf,
         /// tough's error.
         #[source]
-        source: Box<tough::error::Error>,
+        source: Box<tough::schema::Error>,
     },
     /// A key id or digest that must be hex is not.
     #[error("{what} is not hex")]

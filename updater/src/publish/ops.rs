@@ -456,12 +456,12 @@ pub fn add_target(
     let target = Target {
         length,
         hashes: Hashes {
-            sha256: hex::decode(&sha256)
-                .map(Decoded::from)
-                .map_err(|source| PublishError::Hex {
+            sha256: hex::decode(&sha256).map(Decoded::from).map_err(|source| {
+                PublishError::Hex {
                     what: format!("bundle digest of {}", bundle_path.display()),
                     source,
-                })?,
+                }
+            })?,
             _extra: HashMap::new(),
         },
         custom: custom.to_custom()?,
