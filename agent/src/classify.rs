@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use defect_models::{Classification, Classifier, Model, Verdict};
+use defect_shared::error_chain::chain;
 use serde::Serialize;
 
 /// Options of the classify command.
@@ -83,7 +84,7 @@ pub fn run(
     let mut classifier = match model.classifier() {
         Ok(c) => c,
         Err(e) => {
-            writeln!(out, "cannot start classifier: {e}")?;
+            writeln!(out, "cannot start classifier: {}", chain(&e))?;
             return Ok(files.len());
         }
     };
@@ -114,7 +115,7 @@ fn classify_file(classifier: &mut Classifier, file: &Path) -> FileOutcome {
     let read = start.elapsed();
     match classifier.classify_bytes(&bytes) {
         Ok(result) => success_outcome(name, classifier.model(), &result, read),
-        Err(e) => error_outcome(name, e.to_string()),
+        Err(e) => error_outcome(name, chain(&e)),
     }
 }
 

@@ -6,9 +6,9 @@
 //! anything starts. It does not own what the settings do: each component reads its section.
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+use defect_shared::config_report::Problems;
 use serde::{Deserialize, Serialize};
 
 pub use crate::mqtt::settings::{MqttSection, PayloadFormat, Protocol, TlsSection};
@@ -419,56 +419,35 @@ impl DriftSection {
     }
 }
 
-/// One problem in a configuration, naming its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key, such as `station[1].hot_folder.path`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
 /// Why a configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         /// The config file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("config {path} does not parse: {source}")]
+    #[error("config {path} does not parse")]
     Parse {
         /// The config file.
         path: PathBuf,
         /// The TOML error, with line and column.
+        #[source]
         source: Box<toml::de::Error>,
     },
     /// The file parses but has problems; all of them are listed.
-    #[error("config {path} has {} problem(s):\n{}", problems.len(), list(problems))]
+    #[error("config {path} has {} problem(s):\n{problems}", problems.len())]
     Invalid {
         /// The config file.
         path: PathBuf,
         /// Every problem found.
-        problems: Vec<ConfigProblem>,
+        problems: Problems,
     },
-}
-
-fn list(problems: &[ConfigProblem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 impl Config {
@@ -487,20 +466,18 @@ impl Config {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
+        config
+            .problems()
+            .into_result(config)
+            .map_err(|problems| ConfigError::Invalid {
                 path: path.to_owned(),
                 problems,
             })
-        }
     }
 
     /// Every problem of a parsed configuration; empty when it is usable.
-    pub fn problems(&self) -> Vec<ConfigProblem> {
-        let mut p = Problems::default();
+    pub fn problems(&self) -> Problems {
+        let mut p = Problems::new();
         self.check_agent(&mut p);
         self.check_mqtt(&mut p);
         self.check_stations(&mut p);
@@ -513,7 +490,7 @@ impl Config {
         if self.results.max_age_h == 0 {
             p.add("results.max_age_h", "must be at least 1");
         }
-        p.0
+        p
     }
 
     fn check_listeners(&self, p: &mut Problems) {
@@ -831,18 +808,6 @@ pub fn is_topic_level(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-#[derive(Default)]
-struct Problems(Vec<ConfigProblem>);
-
-impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigProblem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -883,7 +848,7 @@ after = "move"
         let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
             panic!("expected problems");
         };
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        let keys = problems.keys();
         for key in [
             "agent.queue_capacity",
             "agent.decision_deadline_ms",
@@ -902,7 +867,8 @@ after = "move"
     #[test]
     fn unknown_keys_are_refused_with_their_name() {
         let err = parse("[agent]\nworkrs = 2\n[[station]]\nid = \"a\"\n").expect_err("typo");
-        assert!(err.to_string().contains("workrs"), "{err}");
+        let text = defect_shared::error_chain::chain(&err);
+        assert!(text.contains("workrs"), "{text}");
     }
 
     #[test]
@@ -925,7 +891,7 @@ after = "move"
             let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else {
                 panic!("expected a problem with {agent:?}");
             };
-            let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+            let keys = problems.keys();
             assert_eq!(keys, ["agent.model_health_file"], "{problems:?}");
         }
     }
@@ -944,7 +910,7 @@ after = "move"
         let Err(ConfigError::Invalid { problems, .. }) = parse(text) else {
             panic!("expected a problem");
         };
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        let keys = problems.keys();
         assert_eq!(keys, ["metrics.listen"], "{problems:?}");
     }
 

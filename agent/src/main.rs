@@ -13,9 +13,9 @@ use defect_agent::config::Config;
 use defect_agent::serving::ModelSource;
 use defect_agent::{capture, classify, daemon, demo, embedded, forward};
 use defect_models::{Bundle, gate};
-
-/// Exit code of a configuration that cannot be used (EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+use defect_shared::config_report::EXIT_CONFIG;
+use defect_shared::error_chain;
+use defect_shared::logging::init as init_logging;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +102,7 @@ fn main() -> ExitCode {
             let config = match Config::load(&config) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("defect-agent: {err}");
+                    eprintln!("defect-agent: {}", error_chain::chain(&err));
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(err) => {
-                eprintln!("defect-agent: {err}");
+                eprintln!("defect-agent: {}", error_chain::chain(&err));
                 ExitCode::from(EXIT_CONFIG)
             }
         },
@@ -156,7 +156,7 @@ fn main() -> ExitCode {
             let model = match load_model(bundle.as_deref()) {
                 Ok(model) => model,
                 Err(err) => {
-                    eprintln!("defect-agent: error: {err:#}");
+                    eprintln!("defect-agent: error: {}", error_chain::line(err.chain()));
                     return ExitCode::from(2);
                 }
             };
@@ -169,7 +169,7 @@ fn main() -> ExitCode {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
                 Err(err) => {
-                    eprintln!("defect-agent: error: {err}");
+                    eprintln!("defect-agent: error: {}", error_chain::chain(&err));
                     ExitCode::FAILURE
                 }
             }
@@ -210,7 +210,7 @@ fn exit_with(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("defect-agent: error: {err:#}");
+            eprintln!("defect-agent: error: {}", error_chain::line(err.chain()));
             ExitCode::FAILURE
         }
     }
@@ -222,16 +222,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
 }
 
 /// Registers for SIGTERM and SIGINT now; the returned future resolves on either.

@@ -7,7 +7,7 @@
 //! canary what they keep), and the daemon hands that registry to [`bind`]. `/healthz` says the
 //! process answers; `/readyz` is 200 only while the readiness it is given holds (the
 //! heartbeat's `ready`). The text formats and their negotiation come from
-//! `defect-exposition`.
+//! `defect_shared::exposition`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use defect_exposition::Format;
+use defect_shared::exposition::Format;
 use prometheus_client::registry::Registry;
 
 /// Prefix of every metric name.
@@ -90,7 +90,7 @@ pub async fn serve(
 async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Format::negotiate(accept);
-    match defect_exposition::render(&state.registry, format) {
+    match defect_shared::exposition::render(&state.registry, format) {
         Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "metrics scrape failed");

@@ -85,7 +85,7 @@ impl From<&ResultsSection> for RetentionPolicy {
 #[derive(Debug, thiserror::Error)]
 pub enum ResultLogError {
     /// The sled database could not be opened or recovered.
-    #[error("cannot open result log {path}: {source}")]
+    #[error("cannot open result log {path}")]
     Open {
         /// The log's folder.
         path: PathBuf,
@@ -93,7 +93,7 @@ pub enum ResultLogError {
         source: sled::Error,
     },
     /// sled failed while reading.
-    #[error("cannot read result log {path}: {source}")]
+    #[error("cannot read result log {path}")]
     Read {
         /// The log's folder.
         path: PathBuf,
@@ -101,7 +101,7 @@ pub enum ResultLogError {
         source: sled::Error,
     },
     /// sled failed while writing or flushing.
-    #[error("cannot write result log {path}: {source}")]
+    #[error("cannot write result log {path}")]
     Write {
         /// The log's folder.
         path: PathBuf,
@@ -130,7 +130,7 @@ pub enum ResultLogError {
         reason: String,
     },
     /// An outcome could not be encoded.
-    #[error("cannot encode outcome {seq} for the result log: {source}")]
+    #[error("cannot encode outcome {seq} for the result log")]
     Encode {
         /// The seq it was given.
         seq: u64,

@@ -21,6 +21,7 @@ use std::time::Duration;
 use defect_models::health::{self, HealthState, ModelHealth};
 use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
+use defect_shared::error_chain::{Chain, chain};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -145,25 +146,44 @@ pub enum ModelSource {
 #[derive(Debug, thiserror::Error)]
 pub enum ServingError {
     /// The bundle could not be read or is not a bundle.
-    #[error("{origin}: {reason}")]
+    #[error("{origin}")]
     Unreadable {
         /// Where the bundle came from.
         origin: String,
         /// Why it could not be read.
-        reason: String,
+        #[source]
+        source: Box<UnreadableBundle>,
         /// SHA-256 of the store bundle, when the store's pointer could be read.
         sha256: Option<String>,
     },
     /// The bundle failed the validation gate.
-    #[error("{origin} refused: {reason}")]
+    #[error("{origin} refused")]
     Refused {
         /// Where the bundle came from.
         origin: String,
         /// The gate's reason.
-        reason: String,
+        #[source]
+        source: Box<gate::GateError>,
         /// SHA-256 of the bundle.
         sha256: Option<String>,
     },
+}
+
+/// Why a bundle could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableBundle {
+    /// The bytes are not a valid bundle (or the file could not be read).
+    #[error(transparent)]
+    Bundle(#[from] defect_models::BundleError),
+    /// The model store or its bundle file could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A store bundle's content is not the one its file name says.
+    #[error("the bundle file's content has SHA-256 {0}, not the one it is named by")]
+    Renamed(String),
+    /// The thread loading the model stopped before it answered.
+    #[error("the model loader stopped")]
+    Loader(#[source] tokio::task::JoinError),
 }
 
 impl ServingError {
@@ -177,11 +197,10 @@ impl ServingError {
     }
 
     /// The reason alone, without the origin (the text of the health report's `error`).
-    fn reason(&self) -> &str {
+    fn reason(&self) -> String {
         match self {
-            ServingError::Unreadable { reason, .. } | ServingError::Refused { reason, .. } => {
-                reason
-            }
+            ServingError::Unreadable { source, .. } => chain(source.as_ref()),
+            ServingError::Refused { source, .. } => chain(source.as_ref()),
         }
     }
 }
@@ -196,27 +215,26 @@ type Loaded = (Validated, Option<Trial>);
 /// Loads and validates the bundle the source names now; `Ok(None)` when the store has no
 /// `current` yet. A store bundle is reported to `report` (the health file), if given.
 fn load(source: &ModelSource, report: Option<&Path>) -> Result<Option<Loaded>, ServingError> {
-    let unreadable = |origin: String, reason: String| ServingError::Unreadable {
+    let unreadable = |origin: String, source: UnreadableBundle| ServingError::Unreadable {
         origin,
-        reason,
+        source: Box::new(source),
         sha256: None,
     };
     match source {
         ModelSource::Shipped => {
             let bundle = crate::embedded::shipped_bundle()
-                .map_err(|e| unreadable("shipped bundle".into(), e.to_string()))?;
+                .map_err(|e| unreadable("shipped bundle".into(), e.into()))?;
             validate(&bundle, "shipped bundle").map(|v| Some((v, None)))
         }
         ModelSource::File(path) => {
             let origin = path.display().to_string();
-            let bundle =
-                Bundle::open(path).map_err(|e| unreadable(origin.clone(), e.to_string()))?;
+            let bundle = Bundle::open(path).map_err(|e| unreadable(origin.clone(), e.into()))?;
             validate(&bundle, &origin).map(|v| Some((v, None)))
         }
         ModelSource::Store(root) => {
             let pointed = Store::at(root)
                 .pointer(Pointer::Current)
-                .map_err(|e| unreadable(format!("{}/current", root.display()), e.to_string()))?;
+                .map_err(|e| unreadable(format!("{}/current", root.display()), e.into()))?;
             match pointed {
                 Some(sha) => load_store_bundle(root, &sha, report).map(Some),
                 None => Ok(None),
@@ -237,31 +255,30 @@ fn load_store_bundle(
     let store = Store::at(root);
     let origin = format!("{}/current ({sha256})", root.display());
     let path = store.bundle_path(sha256);
-    let unreadable = |reason: String| ServingError::Unreadable {
+    let unreadable = |source: UnreadableBundle| ServingError::Unreadable {
         origin: origin.clone(),
-        reason,
+        source: Box::new(source),
         sha256: Some(sha256.to_owned()),
     };
     let bundle = std::fs::read(&path)
         .map_err(|source| StoreError::Io { path, source })
         .and_then(|bytes| Bundle::from_bytes(bytes).map_err(StoreError::from))
-        .map_err(|e| unreadable(e.to_string()))
+        .map_err(|e| unreadable(e.into()))
         .and_then(|bundle| {
             if bundle.digest() == sha256 {
                 Ok(bundle)
             } else {
-                Err(unreadable(format!(
-                    "the bundle file's content has SHA-256 {}, not the one it is named by",
-                    bundle.digest()
+                Err(unreadable(UnreadableBundle::Renamed(
+                    bundle.digest().to_owned(),
                 )))
             }
         });
     let model_version = bundle.as_ref().ok().map(|b| b.manifest().model_version);
     let result = bundle.and_then(|bundle| {
         validate(&bundle, &origin).map_err(|e| match e {
-            ServingError::Refused { origin, reason, .. } => ServingError::Refused {
+            ServingError::Refused { origin, source, .. } => ServingError::Refused {
                 origin,
-                reason,
+                source,
                 sha256: Some(sha256.to_owned()),
             },
             other => other,
@@ -271,11 +288,7 @@ fn load_store_bundle(
         Ok(validated) => Ok((validated, trial)),
         Err(error) => {
             if let Some(trial) = trial {
-                trial.write(
-                    HealthState::Refused,
-                    model_version,
-                    Some(error.reason().to_owned()),
-                );
+                trial.write(HealthState::Refused, model_version, Some(error.reason()));
             }
             Err(error)
         }
@@ -294,7 +307,7 @@ impl Trial {
     /// Writes `loading` for `sha256`, counting attempts on from an unfinished earlier load.
     fn begin(path: &Path, sha256: &str) -> Trial {
         let previous = health::read(path).unwrap_or_else(|error| {
-            tracing::warn!(%error, path = %path.display(), "cannot read the previous model health report; counting attempts from 1");
+            tracing::warn!(error = %Chain(&error), path = %path.display(), "cannot read the previous model health report; counting attempts from 1");
             None
         });
         let trial = Trial {
@@ -332,16 +345,16 @@ impl Trial {
             at_ms: unix_ms(),
         };
         if let Err(error) = health::write(&self.path, &report) {
-            tracing::warn!(%error, path = %self.path.display(), ?state, "cannot write the model health report; serving goes on");
+            tracing::warn!(error = %Chain(&error), path = %self.path.display(), ?state, "cannot write the model health report; serving goes on");
         }
     }
 }
 
 /// Validates a bundle through the gate and describes it.
 fn validate(bundle: &Bundle, origin: &str) -> Result<Validated, ServingError> {
-    let (model, report) = gate::validate(bundle).map_err(|e| ServingError::Refused {
+    let (model, report) = gate::validate(bundle).map_err(|source| ServingError::Refused {
         origin: origin.to_owned(),
-        reason: e.to_string(),
+        source: Box::new(source),
         sha256: None,
     })?;
     let manifest = model.manifest();
@@ -380,7 +393,7 @@ pub async fn load_initial(
         .await
         .map_err(|e| ServingError::Unreadable {
             origin: "model loader".into(),
-            reason: e.to_string(),
+            source: Box::new(UnreadableBundle::Loader(e)),
             sha256: None,
         })??;
     match loaded {
@@ -438,7 +451,7 @@ async fn check_candidate(
     let pointed = match Store::at(root).pointer(Pointer::Candidate) {
         Ok(pointed) => pointed,
         Err(error) => {
-            tracing::warn!(%error, "cannot read the model store's candidate pointer");
+            tracing::warn!(error = %Chain(&error), "cannot read the model store's candidate pointer");
             return;
         }
     };
@@ -465,11 +478,11 @@ async fn check_candidate(
             canary.candidate_started(&sha, info.mv);
         }
         Ok(Err(error)) => {
-            tracing::error!(%error, sha256 = %sha, "candidate refused by the validation gate; it does not run");
+            tracing::error!(error = %Chain(&error), sha256 = %sha, "candidate refused by the validation gate; it does not run");
             slot.set_candidate(None);
             canary.candidate_refused(&sha, 0);
         }
-        Err(error) => tracing::error!(%error, "model loader failed"),
+        Err(error) => tracing::error!(error = %Chain(&error), "model loader failed"),
     }
 }
 
@@ -502,7 +515,7 @@ pub async fn watch_store(
             Ok(Some(sha)) => sha,
             Ok(None) => continue,
             Err(error) => {
-                tracing::warn!(%error, "cannot read the model store's current pointer");
+                tracing::warn!(error = %Chain(&error), "cannot read the model store's current pointer");
                 continue;
             }
         };
@@ -528,11 +541,12 @@ pub async fn watch_store(
                 publisher.model_error(None);
             }
             Ok(Err(error)) => {
-                tracing::error!(%error, sha256 = %pointed, "new model refused; the previous model keeps serving");
+                let text = chain(&error);
+                tracing::error!(error = %text, sha256 = %pointed, "new model refused; the previous model keeps serving");
                 refused = Some(pointed);
-                publisher.model_error(Some(error.to_string()));
+                publisher.model_error(Some(text));
             }
-            Err(error) => tracing::error!(%error, "model loader failed"),
+            Err(error) => tracing::error!(error = %Chain(&error), "model loader failed"),
         }
     }
 }

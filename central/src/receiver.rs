@@ -313,7 +313,7 @@ async fn store(
         return text(StatusCode::INTERNAL_SERVER_ERROR, error.to_string());
     }
     if let Some(folder) = done.parent() {
-        let _ = defect_models::atomic::sync_dir(folder);
+        let _ = defect_shared::atomic::sync_dir(folder);
     }
     tracing::info!(station, file, bytes = length, "stored");
     StatusCode::CREATED.into_response()

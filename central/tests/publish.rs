@@ -309,7 +309,7 @@ async fn resign_timestamp_bumps_only_the_timestamp() {
     .expect("expired resign");
     let err = f.load().await.expect_err("expired timestamp accepted");
     assert!(
-        err.to_string().contains("timestamp metadata is expired"),
+        defect_shared::error_chain::chain(&err).contains("timestamp metadata is expired"),
         "{err}"
     );
 }
@@ -519,7 +519,7 @@ async fn forged_metadata_signed_by_the_wrong_role_is_refused_by_tough() {
 
     let err = f.load().await.expect_err("forged targets accepted");
     assert!(
-        err.to_string()
+        defect_shared::error_chain::chain(&err)
             .contains("Signature threshold of 1 not met for role targets"),
         "{err}"
     );

@@ -23,9 +23,12 @@ use crate::preprocess::{InputStats, PreprocessError};
 /// Why a bundle's model could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
-    /// tract could not parse the ONNX bytes.
-    #[error("model.onnx is not a readable ONNX model: {0}")]
-    Onnx(String),
+    /// tract could not parse the ONNX bytes or read the graph's inputs and outputs.
+    #[error("model.onnx is not a readable ONNX model")]
+    Onnx(#[source] TractError),
+    /// The graph has no input or no output at all.
+    #[error("model.onnx has no {0}")]
+    NoTensor(&'static str),
     /// The manifest names an input or output the graph does not have.
     #[error("model.onnx has no {kind} named {name:?} (it has {available})")]
     NoSuchTensor {
@@ -49,12 +52,13 @@ pub enum ModelError {
         manifest: Vec<usize>,
     },
     /// tract could not type or optimise the graph with the manifest's input shape.
-    #[error("model.onnx does not run with input shape {shape:?} from the manifest: {reason}")]
+    #[error("model.onnx does not run with input shape {shape:?} from the manifest")]
     Incompatible {
         /// Shape from the manifest.
         shape: Vec<usize>,
-        /// tract's explanation.
-        reason: String,
+        /// tract's explanation (tract reports its errors as `anyhow` chains).
+        #[source]
+        source: TractError,
     },
     /// The graph's output does not have one score per label.
     #[error(
@@ -68,6 +72,9 @@ pub enum ModelError {
         /// Number of labels in the manifest.
         labels: usize,
     },
+    /// A thread scoring an image set with the model panicked.
+    #[error("a scoring thread panicked")]
+    ScoringPanicked,
 }
 
 /// Why one frame could not be classified.
@@ -80,8 +87,22 @@ pub enum ClassifyError {
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
     /// tract failed while running the model.
-    #[error("inference failed: {0}")]
-    Inference(String),
+    #[error("inference failed")]
+    Inference(#[source] InferenceError),
+}
+
+/// What went wrong while the model ran on one input.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// tract could not run the plan.
+    #[error("the model did not run")]
+    Run(#[source] TractError),
+    /// The plan ran but returned nothing.
+    #[error("the model produced no output")]
+    NoOutput,
+    /// The output tensor does not hold `f32` values.
+    #[error("the model's output is not f32")]
+    OutputType(#[source] TractError),
 }
 
 /// A bundle's model, loaded and optimised, ready to be shared by inference threads.
@@ -118,13 +139,13 @@ impl Model {
     ) -> Result<Arc<Self>, ModelError> {
         let mut graph = tract_onnx::onnx()
             .model_for_read(&mut onnx)
-            .map_err(|e| ModelError::Onnx(format!("{e:#}")))?;
+            .map_err(ModelError::Onnx)?;
         select_input(&mut graph, &manifest)?;
         select_output(&mut graph, &manifest)?;
         let shape = manifest.input.shape.clone();
-        let incompatible = |e: TractError| ModelError::Incompatible {
+        let incompatible = |source: TractError| ModelError::Incompatible {
             shape: shape.clone(),
-            reason: format!("{e:#}"),
+            source,
         };
         let graph = graph
             .with_input_fact(0, f32::fact(shape.clone()).into())
@@ -161,10 +182,13 @@ impl Model {
 
     /// A classifier for one inference thread.
     pub fn classifier(self: &Arc<Self>) -> Result<Classifier, ModelError> {
-        let state = self.plan.spawn().map_err(|e| ModelError::Incompatible {
-            shape: self.manifest.input.shape.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let state = self
+            .plan
+            .spawn()
+            .map_err(|source| ModelError::Incompatible {
+                shape: self.manifest.input.shape.clone(),
+                source,
+            })?;
         Ok(Classifier {
             model: Arc::clone(self),
             state,
@@ -269,13 +293,13 @@ impl Classifier {
         let outputs = self
             .state
             .run(tvec!(input.into_tvalue()))
-            .map_err(|e| ClassifyError::Inference(format!("{e:#}")))?;
+            .map_err(|e| ClassifyError::Inference(InferenceError::Run(e)))?;
         let output = outputs
             .first()
-            .ok_or_else(|| ClassifyError::Inference("model produced no output".into()))?;
+            .ok_or(ClassifyError::Inference(InferenceError::NoOutput))?;
         let values: Vec<f32> = output
             .to_plain_array_view::<f32>()
-            .map_err(|e| ClassifyError::Inference(format!("output is not f32: {e:#}")))?
+            .map_err(|e| ClassifyError::Inference(InferenceError::OutputType(e)))?
             .iter()
             .copied()
             .collect();
@@ -315,10 +339,7 @@ fn names(graph: &InferenceModel, outlets: &[OutletId]) -> String {
 }
 
 fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), ModelError> {
-    let inputs = graph
-        .input_outlets()
-        .map_err(|e| ModelError::Onnx(e.to_string()))?
-        .to_vec();
+    let inputs = graph.input_outlets().map_err(ModelError::Onnx)?.to_vec();
     let chosen = match &manifest.input.tensor {
         Some(name) => inputs
             .iter()
@@ -329,13 +350,11 @@ fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), M
                 name: name.clone(),
                 available: names(graph, &inputs),
             })?,
-        None => *inputs
-            .first()
-            .ok_or_else(|| ModelError::Onnx("graph has no input".into()))?,
+        None => *inputs.first().ok_or(ModelError::NoTensor("input"))?,
     };
     let declared = graph
         .outlet_fact(chosen)
-        .map_err(|e| ModelError::Onnx(e.to_string()))?
+        .map_err(ModelError::Onnx)?
         .shape
         .clone();
     let dims: Vec<Option<usize>> = declared
@@ -365,16 +384,11 @@ fn select_input(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), M
             manifest: shape.clone(),
         });
     }
-    graph
-        .set_input_outlets(&[chosen])
-        .map_err(|e| ModelError::Onnx(e.to_string()))
+    graph.set_input_outlets(&[chosen]).map_err(ModelError::Onnx)
 }
 
 fn select_output(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), ModelError> {
-    let outputs = graph
-        .output_outlets()
-        .map_err(|e| ModelError::Onnx(e.to_string()))?
-        .to_vec();
+    let outputs = graph.output_outlets().map_err(ModelError::Onnx)?.to_vec();
     let chosen = match &manifest.output.tensor {
         Some(name) => outputs
             .iter()
@@ -387,13 +401,11 @@ fn select_output(graph: &mut InferenceModel, manifest: &Manifest) -> Result<(), 
                 name: name.clone(),
                 available: names(graph, &outputs),
             })?,
-        None => *outputs
-            .first()
-            .ok_or_else(|| ModelError::Onnx("graph has no output".into()))?,
+        None => *outputs.first().ok_or(ModelError::NoTensor("output"))?,
     };
     graph
         .select_output_outlets(&[chosen])
-        .map_err(|e| ModelError::Onnx(e.to_string()))
+        .map_err(ModelError::Onnx)
 }
 
 fn check_output(typed: &TypedModel, manifest: &Manifest) -> Result<(), ModelError> {

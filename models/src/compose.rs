@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::bundle::{Bundle, BundleError, sha256_hex};
 use crate::calibrate::{self, CalibrateError};
-use crate::classifier::{Model, ModelError};
+use crate::classifier::{ClassifyError, Model, ModelError};
 use crate::dataset::{DatasetError, Fingerprint, ImageSet, Sample};
 use crate::decision::DecisionRule;
 use crate::draft::{Computed, DraftError, ManifestDraft, draft_invalid};
@@ -75,7 +75,7 @@ pub enum ComposeError {
     #[error(transparent)]
     Draft(#[from] DraftError),
     /// A file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -86,7 +86,7 @@ pub enum ComposeError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     /// The ONNX model does not load with the manifest's input and output.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Model {
         /// The ONNX file.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum ComposeError {
         source: ModelError,
     },
     /// Thresholds could not be chosen.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Calibrate {
         /// The manifest file.
         path: PathBuf,
@@ -102,12 +102,13 @@ pub enum ComposeError {
         source: CalibrateError,
     },
     /// A golden image could not be run through the model.
-    #[error("golden sample {file}: {message}")]
+    #[error("golden sample {file}")]
     Golden {
         /// The image.
         file: String,
         /// Why it failed.
-        message: String,
+        #[source]
+        source: ClassifyError,
     },
     /// Something the bundle needs was not given.
     #[error("{}: {what}", path.display())]
@@ -421,9 +422,9 @@ fn golden_samples(
                 let result =
                     classifier
                         .classify_bytes(&bytes)
-                        .map_err(|e| ComposeError::Golden {
+                        .map_err(|source| ComposeError::Golden {
                             file: sample.path.display().to_string(),
-                            message: e.to_string(),
+                            source,
                         })?;
                 if let Some(label) = &sample.label {
                     let decided = labels

@@ -39,7 +39,7 @@ pub struct ImageSet {
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     /// A folder or file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The path concerned.
         path: PathBuf,

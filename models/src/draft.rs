@@ -137,7 +137,7 @@ const fn default_tolerance() -> f32 {
 #[derive(Debug, thiserror::Error)]
 pub enum DraftError {
     /// The file could not be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The manifest file.
         path: PathBuf,

@@ -171,7 +171,7 @@ pub enum EvaluateError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     /// A bundle's model does not load.
-    #[error("{name}: {source}")]
+    #[error("{name}")]
     Model {
         /// The bundle's model name and version.
         name: String,

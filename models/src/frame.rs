@@ -124,9 +124,15 @@ pub enum DecodeError {
         /// The limit that was exceeded, in words.
         limit: String,
     },
-    /// The image data is damaged or truncated.
+    /// The image data is damaged or truncated, as our own checks find it.
     #[error("image is corrupt or truncated: {0}")]
     Corrupt(String),
+    /// The image decoder could not read the data.
+    #[error("image is corrupt or truncated")]
+    Unreadable(#[source] image::ImageError),
+    /// The JPEG decoder could not read the data (reduced-scale JPEG path).
+    #[error("JPEG is corrupt or truncated")]
+    UnreadableJpeg(#[source] jpeg_decoder::Error),
 }
 
 /// Limits and options for decoding untrusted frames.
@@ -178,7 +184,7 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
     }
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        .map_err(DecodeError::Unreadable)?;
     check_dimensions(width, height, options)?;
     if format == ImageFormat::Jpeg
         && let Some((min_w, min_h)) = options.jpeg_min_size
@@ -198,9 +204,7 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
             .saturating_add(64 << 20),
     );
     reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let image = reader.decode().map_err(DecodeError::Unreadable)?;
     from_dynamic(image)
 }
 
@@ -254,7 +258,7 @@ fn decode_jpeg_scaled(
     );
     let (out_w, out_h) = decoder
         .scale(req_w, req_h)
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+        .map_err(DecodeError::UnreadableJpeg)?;
     let info = decoder
         .info()
         .ok_or_else(|| DecodeError::Corrupt("JPEG header unreadable".into()))?;
@@ -264,9 +268,7 @@ fn decode_jpeg_scaled(
         // CMYK and 16-bit lossless JPEGs take the general path.
         _ => return Ok(None),
     };
-    let pixels = decoder
-        .decode()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let pixels = decoder.decode().map_err(DecodeError::UnreadableJpeg)?;
     let mut frame = Frame::new(u32::from(out_w), u32::from(out_h), color, pixels)?;
     frame.source_width = width;
     frame.source_height = height;
@@ -380,7 +382,15 @@ mod tests {
         ));
         let jpeg = encode(GrayImage::new(64, 64).into(), ImageFormat::Jpeg);
         let err = decode(&jpeg[..jpeg.len() / 2], &opts).expect_err("truncated JPEG accepted");
-        assert!(matches!(err, DecodeError::Corrupt(_)), "{err}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::Corrupt(_)
+                    | DecodeError::Unreadable(_)
+                    | DecodeError::UnreadableJpeg(_)
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub enum GateError {
     #[error(transparent)]
     Load(#[from] ModelError),
     /// A golden sample could not be run.
-    #[error("golden sample {file}: {source}")]
+    #[error("golden sample {file}")]
     GoldenUnusable {
         /// Path inside the bundle.
         file: String,

@@ -3,7 +3,7 @@
 //! This module owns the report file shared by the agent (writer) and the model updater
 //! (reader): its JSON schema ([`ModelHealth`], version [`VERSION`]), reading it back (a missing
 //! file is "no report yet", a torn or foreign file is an error naming the path), replacing it
-//! crash-safely through [`crate::atomic`], and the attempt counter ([`next_attempt`]) that
+//! crash-safely through [`defect_shared::atomic`], and the attempt counter ([`next_attempt`]) that
 //! tells the updater how often the agent has started loading the same bundle without reaching
 //! a verdict. What the updater does with a verdict is the updater's business.
 //!
@@ -57,7 +57,7 @@ pub enum HealthState {
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
     /// The file could not be read or replaced.
-    #[error("model health report {path}: {source}")]
+    #[error("model health report {path}")]
     Io {
         /// The report file.
         path: PathBuf,
@@ -65,7 +65,7 @@ pub enum HealthError {
         source: std::io::Error,
     },
     /// The file exists but is not a report (torn, empty, or not this schema).
-    #[error("model health report {path} is not a valid report: {source}")]
+    #[error("model health report {path} is not a valid report")]
     Invalid {
         /// The report file.
         path: PathBuf,
@@ -81,7 +81,7 @@ pub enum HealthError {
         version: u32,
     },
     /// The report could not be encoded.
-    #[error("model health report {path}: cannot encode: {source}")]
+    #[error("model health report {path}: cannot encode")]
     Encode {
         /// The report file.
         path: PathBuf,
@@ -124,7 +124,7 @@ pub fn write(path: &Path, report: &ModelHealth) -> Result<(), HealthError> {
         source,
     })?;
     bytes.push(b'\n');
-    crate::atomic::write(path, &bytes).map_err(|source| HealthError::Io {
+    defect_shared::atomic::write(path, &bytes).map_err(|source| HealthError::Io {
         path: path.to_owned(),
         source,
     })

@@ -26,7 +26,8 @@
 //! - [`card`]: the model card, in Markdown.
 //! - [`npy`]: NumPy `.npy` files.
 //! - [`tensors`]: model-input tensors of labelled frames for training, on the agent's path.
-//! - [`atomic`]: crash-safe replacement of small files.
+//! - [`atomic`]: crash-safe replacement of small files (from `defect-shared`, named here for
+//!   the callers that still reach it through this crate).
 //! - [`store`]: the on-disk model store: content-addressed bundles and atomic pointers.
 //! - [`health`]: the agent's model health report, its verdict on the store's `current` bundle.
 //!
@@ -34,7 +35,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod atomic;
+pub use defect_shared::atomic;
 pub mod bundle;
 pub mod calibrate;
 pub mod card;
@@ -57,7 +58,9 @@ pub mod store;
 pub mod tensors;
 
 pub use bundle::{Bundle, BundleError};
-pub use classifier::{Classification, Classifier, ClassifyError, Model, ModelError, Timings};
+pub use classifier::{
+    Classification, Classifier, ClassifyError, InferenceError, Model, ModelError, Timings,
+};
 pub use decision::{Decision, DecisionRule, Verdict};
 pub use frame::{DecodeError, DecodeOptions, Frame};
 pub use gate::{GateError, GateReport};

@@ -41,9 +41,15 @@ pub enum PreprocessError {
         /// Region height.
         height: u32,
     },
+    /// A tile's pixel buffer does not match its size.
+    #[error("a tile's image buffer does not match its size")]
+    Buffer(#[source] fast_image_resize::ImageBufferError),
     /// The resizer refused the images.
-    #[error("resize failed: {0}")]
-    Resize(String),
+    #[error("resize failed")]
+    Resize(#[source] fast_image_resize::ResizeError),
+    /// The tiles' values do not make a tensor of the model's input shape.
+    #[error("the input tensor does not have the model's shape")]
+    Shape(#[source] tract_ndarray::ShapeError),
 }
 
 /// The model input image of one tile, before normalisation, kept for statistics.
@@ -165,7 +171,7 @@ impl Preprocessor {
             contrast: (sum_sq / n - mean * mean).max(0.0).sqrt() as f32,
         };
         let array = tract_ndarray::ArrayD::from_shape_vec(self.shape.clone(), data)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+            .map_err(PreprocessError::Shape)?;
         Ok((array.into(), stats))
     }
 
@@ -246,7 +252,7 @@ impl Preprocessor {
             return Ok(());
         }
         let src = ImageRef::new(frame.width(), frame.height(), frame.pixels(), pixel_type)
-            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+            .map_err(PreprocessError::Buffer)?;
         let len = (self.width * self.height) as usize * channels;
         let buffer = std::mem::take(&mut self.scratch);
         let mut buffer = if buffer.len() == len {
@@ -256,13 +262,13 @@ impl Preprocessor {
         };
         {
             let mut dst = Image::from_slice_u8(self.width, self.height, &mut buffer, pixel_type)
-                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+                .map_err(PreprocessError::Buffer)?;
             let options = ResizeOptions::new()
                 .resize_alg(self.algorithm)
                 .crop(x, y, w, h);
             self.resizer
                 .resize(&src, &mut dst, &options)
-                .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+                .map_err(PreprocessError::Resize)?;
         }
         self.scratch = buffer;
         Ok(())

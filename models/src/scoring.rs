@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::classifier::{Model, ModelError, Timings};
+use defect_shared::error_chain::chain;
+
+use crate::classifier::{ClassifyError, Model, ModelError, Timings};
 use crate::dataset::{Fingerprint, ImageSet, Sample};
 use crate::frame::DecodeOptions;
 use crate::model_input::DecodeMode;
@@ -30,8 +32,20 @@ pub struct FrameScores {
 pub struct ScoredFrame {
     /// The image and its label.
     pub sample: Sample,
-    /// Its scores, or why it could not be read or run.
+    /// Its scores, or why it could not be read or run: a [`FrameError`] and its causes, as
+    /// the reports print it.
     pub result: Result<FrameScores, String>,
+}
+
+/// Why one frame of a set has no scores.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The image file could not be read.
+    #[error("cannot read")]
+    Read(#[source] std::io::Error),
+    /// The image could not be decoded, prepared or run.
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
 }
 
 /// A whole set run through one model.
@@ -117,10 +131,10 @@ pub fn score_set(
                                         stats: c.input,
                                         timings: c.timings,
                                     })
-                                    .map_err(|e| e.to_string());
+                                    .map_err(|e| chain(&FrameError::Classify(e)));
                                 (result, Some(bytes))
                             }
-                            Err(e) => (Err(format!("cannot read: {e}")), None),
+                            Err(e) => (Err(chain(&FrameError::Read(e))), None),
                         };
                         let digest = bytes.map(|b| crate::bundle::sha256_hex(&b));
                         out.push((
@@ -140,7 +154,7 @@ pub fn score_set(
             .into_iter()
             .map(|w| {
                 w.join()
-                    .unwrap_or_else(|_| Err(ModelError::Onnx("a scoring thread panicked".into())))
+                    .unwrap_or_else(|_| Err(ModelError::ScoringPanicked))
             })
             .collect::<Vec<_>>()
     });

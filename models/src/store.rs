@@ -52,7 +52,7 @@ impl Pointer {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file or folder of the store could not be read or written.
-    #[error("model store {path}: {source}")]
+    #[error("model store {path}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -68,7 +68,7 @@ pub enum StoreError {
         target: String,
     },
     /// The bundle bytes are not a valid bundle.
-    #[error("model store: {0}")]
+    #[error("model store")]
     Bundle(#[from] BundleError),
 }
 
@@ -212,7 +212,7 @@ impl Store {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    defect_shared::atomic::sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use defect_shared::error_chain::chain;
+
 use crate::dataset::{DatasetError, ImageSet};
 use crate::manifest::Manifest;
 use crate::model_input::{DecodeMode, ModelInput};
 use crate::npy::{NpyWriter, write_i64};
+use crate::scoring::FrameError;
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,11 +34,12 @@ pub enum TensorsError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     /// An output file could not be written.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -85,8 +89,9 @@ pub fn write(
     let mut skipped = Vec::new();
     for sample in &set.samples {
         let prepared = std::fs::read(&sample.path)
-            .map_err(|e| format!("cannot read: {e}"))
-            .and_then(|bytes| input.prepare(&bytes).map_err(|e| e.to_string()));
+            .map_err(FrameError::Read)
+            .and_then(|bytes| input.prepare(&bytes).map_err(FrameError::Classify))
+            .map_err(|e| chain(&e));
         let prepared = match prepared {
             Ok(p) => p,
             Err(why) => {
@@ -97,7 +102,7 @@ pub fn write(
         let view = match prepared.tensor.to_plain_array_view::<f32>() {
             Ok(view) => view,
             Err(e) => {
-                skipped.push((sample.name.clone(), format!("{e:#}")));
+                skipped.push((sample.name.clone(), chain(&*e)));
                 continue;
             }
         };

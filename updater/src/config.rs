@@ -4,10 +4,10 @@
 //! repository addresses has a default that is safe on a real box, and [`Config::load`] reports
 //! every problem at once, each naming its key, before anything starts.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use defect_shared::config_report::Problems;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration file.
@@ -295,47 +295,34 @@ impl DownloadSection {
     }
 }
 
-/// One problem in the configuration, named by its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key, e.g. `poll.interval_s`.
-    pub key: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
     /// The file is not valid TOML for this schema.
-    #[error("config {path}: {message}")]
+    #[error("config {path} does not parse")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's message, with the key and line.
-        message: String,
+        /// The parser's error, with the key and line.
+        #[source]
+        source: Box<toml::de::Error>,
     },
-    /// The values are inconsistent; every problem is listed.
-    #[error("config {path}: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    /// The values are inconsistent; every problem is listed, one per line.
+    #[error("config {path} has {} problem(s):\n{problems}", problems.len())]
     Invalid {
         /// The file.
         path: PathBuf,
         /// Every problem found.
-        problems: Vec<ConfigProblem>,
+        problems: Problems,
     },
 }
 
@@ -346,45 +333,33 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            ConfigError::Invalid { problems, .. } => ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            },
-            other => other,
-        })
+        Config::from_toml(&text, path)
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::new(),
-            message: e.to_string(),
+        Config::from_toml(text, Path::new(""))
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
         })?;
-        let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: PathBuf::new(),
+        config
+            .problems()
+            .into_result(config)
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
                 problems,
             })
-        }
     }
 
     /// Every problem of the values, each naming its key.
-    pub fn problems(&self) -> Vec<ConfigProblem> {
-        let mut problems = Vec::new();
-        let mut add = |key: &str, message: &str| {
-            problems.push(ConfigProblem {
-                key: key.into(),
-                message: message.into(),
-            })
-        };
+    pub fn problems(&self) -> Problems {
+        let mut problems = Problems::new();
+        let mut add = |key: &str, message: &str| problems.add(key, message);
         for (key, value) in [
             ("repository.metadata_url", &self.repository.metadata_url),
             ("repository.targets_url", &self.repository.targets_url),
@@ -480,9 +455,8 @@ mod tests {
         let Err(ConfigError::Invalid { problems, .. }) = Config::parse(&text) else {
             panic!("must be invalid");
         };
-        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(
-            keys,
+            problems.keys(),
             [
                 "repository.metadata_url",
                 "repository.targets_url",

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use defect_shared::error_chain::Chain;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
 use sha2::{Digest, Sha256};
@@ -104,21 +105,23 @@ pub enum DownloadError {
     /// The server could not be reached (connection refused, DNS failure, no network, no answer
     /// in time) by the last attempt. Normal for an edge box; the partial is kept for the next
     /// call.
-    #[error("{url} is unreachable: {reason}")]
+    #[error("{url} is unreachable")]
     Offline {
         /// The target's URL.
         url: String,
         /// What the last connection attempt reported.
-        reason: String,
+        #[source]
+        cause: TransferCause,
     },
     /// The server was reached but the transfer broke (reset, stall) on the last attempt. The
     /// partial is kept for the next call.
-    #[error("transfer of {url} failed: {reason}")]
+    #[error("transfer of {url} failed")]
     Network {
         /// The target's URL.
         url: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        cause: TransferCause,
     },
     /// The server answered with an HTTP status that is not a success (not retried for 4xx other
     /// than 408 and 429; for 5xx, 408 and 429 the status of the last attempt).
@@ -191,7 +194,7 @@ pub enum DownloadError {
     },
     /// The file system ran out of space (or quota) while writing. The partial is deleted to give
     /// the space back.
-    #[error("disk full while writing {path}: {source}")]
+    #[error("disk full while writing {path}")]
     DiskFull {
         /// The partial that could not be written.
         path: PathBuf,
@@ -199,7 +202,7 @@ pub enum DownloadError {
         source: io::Error,
     },
     /// Reading or writing a local file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or folder concerned.
         path: PathBuf,
@@ -213,11 +216,25 @@ pub enum DownloadError {
         url: String,
     },
     /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {reason}")]
-    Client {
-        /// What reqwest reported.
-        reason: String,
-    },
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Why a connection or transfer attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferCause {
+    /// The HTTP client reported an error (connect, TLS, reset, body).
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The server did not answer in time.
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    /// The body stopped arriving.
+    #[error("no data for {0:?}")]
+    Stalled(Duration),
+    /// No attempt was made (a policy with zero attempts).
+    #[error("no attempt was made")]
+    NoAttempt,
 }
 
 impl DownloadError {
@@ -236,9 +253,7 @@ pub fn client(policy: &Policy) -> Result<reqwest::Client, DownloadError> {
         .connect_timeout(policy.connect_timeout)
         .user_agent(concat!("model-updater/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| DownloadError::Client {
-            reason: crate::verify::chain(&e),
-        })
+        .map_err(DownloadError::Client)
 }
 
 /// Fails with [`DownloadError::NotEnoughSpace`] unless the file system holding `dir` has at
@@ -334,7 +349,7 @@ pub async fn download_counted(
             Ok(()) => return Ok(()),
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Retry { error, after }) => {
-                debug!(url = %target.url, attempt = attempt + 1, error = %error, "download attempt failed");
+                debug!(url = %target.url, attempt = attempt + 1, error = %Chain(&error), "download attempt failed");
                 retry_after = after;
                 last_error = Some(error);
             }
@@ -342,7 +357,7 @@ pub async fn download_counted(
     }
     Err(last_error.unwrap_or_else(|| DownloadError::Network {
         url: target.url.to_string(),
-        reason: "no attempt was made".to_owned(),
+        cause: TransferCause::NoAttempt,
     }))
 }
 
@@ -460,19 +475,19 @@ async fn attempt_once(
         Err(_) => {
             return Err(Failure::retry(DownloadError::Offline {
                 url: url.to_string(),
-                reason: format!("no answer within {no_answer:?}"),
+                cause: TransferCause::NoAnswer(no_answer),
             }));
         }
         Ok(Err(e)) if e.is_connect() => {
             return Err(Failure::retry(DownloadError::Offline {
                 url: url.to_string(),
-                reason: crate::verify::chain(&e),
+                cause: e.into(),
             }));
         }
         Ok(Err(e)) => {
             return Err(Failure::retry(DownloadError::Network {
                 url: url.to_string(),
-                reason: crate::verify::chain(&e),
+                cause: e.into(),
             }));
         }
         Ok(Ok(response)) => response,
@@ -495,7 +510,7 @@ async fn attempt_once(
                         target.length
                     ),
                 };
-                warn!(error = %error, path = %partial.display(), "discarding the partial; the next attempt starts from byte 0");
+                warn!(error = %Chain(&error), path = %partial.display(), "discarding the partial; the next attempt starts from byte 0");
                 discard(partial).await?;
                 *progress = Progress::empty();
                 return Err(Failure::retry(error));
@@ -559,14 +574,14 @@ async fn attempt_once(
                 flush(&mut file, partial).await?;
                 return Err(Failure::retry(DownloadError::Network {
                     url: url.to_string(),
-                    reason: format!("no data for {:?}", policy.stall_timeout),
+                    cause: TransferCause::Stalled(policy.stall_timeout),
                 }));
             }
             Ok(Err(e)) => {
                 flush(&mut file, partial).await?;
                 return Err(Failure::retry(DownloadError::Network {
                     url: url.to_string(),
-                    reason: crate::verify::chain(&e),
+                    cause: e.into(),
                 }));
             }
             Ok(Ok(None)) => break,
@@ -680,7 +695,7 @@ async fn finish(
             expected: hex::encode(target.sha256),
             actual: hex::encode(actual),
         };
-        warn!(error = %error, path = %partial.display(), "discarding the partial");
+        warn!(error = %Chain(&error), path = %partial.display(), "discarding the partial");
         discard(partial).await?;
         return Err(error);
     }
@@ -722,7 +737,7 @@ async fn failed_write(partial: &Path, e: io::Error) -> DownloadError {
     if let DownloadError::DiskFull { .. } = error {
         warn!(path = %partial.display(), "disk full; discarding the partial to free its space");
         if let Err(discard_error) = discard(partial).await {
-            warn!(error = %discard_error, "cannot delete the partial");
+            warn!(error = %Chain(&discard_error), "cannot delete the partial");
         }
     }
     error
@@ -1097,7 +1112,7 @@ mod tests {
         assert!(
             DownloadError::Offline {
                 url: url.clone(),
-                reason: "refused".into()
+                cause: TransferCause::NoAnswer(Duration::from_secs(1))
             }
             .is_offline()
         );
@@ -1111,7 +1126,7 @@ mod tests {
         assert!(
             !DownloadError::Network {
                 url,
-                reason: "reset".into()
+                cause: TransferCause::Stalled(Duration::from_secs(1))
             }
             .is_offline()
         );

@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 
-use defect_models::Bundle;
 use defect_models::store::{Pointer, Store, StoreError};
+use defect_models::{Bundle, BundleError};
+use defect_shared::error_chain::Chain;
 
 use crate::state::{BadVersion, ModelRef, StateError, StateFile, Trial, TrialPhase, UpdaterState};
 use crate::trust::{TrustError, TrustStore};
@@ -21,12 +22,13 @@ use crate::verify::Release;
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
     /// The downloaded bytes are not a valid bundle.
-    #[error("target {target}: not a valid bundle: {reason}")]
+    #[error("target {target}: not a valid bundle")]
     NotABundle {
         /// The target name.
         target: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: BundleError,
     },
     /// The bundle is valid but not what its signed target entry says.
     #[error("target {target}: the bundle is {found}, but its signed entry says {signed}")]
@@ -77,7 +79,7 @@ pub fn survey(store: &Store) -> (Option<ModelRef>, BTreeMap<String, u64>) {
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(pointer = pointer.file_name(), %error, "model store pointer unreadable")
+                tracing::error!(pointer = pointer.file_name(), error = %Chain(&error), "model store pointer unreadable")
             }
         }
     }
@@ -86,9 +88,9 @@ pub fn survey(store: &Store) -> (Option<ModelRef>, BTreeMap<String, u64>) {
 
 /// Checks downloaded bytes against their signed release and adds them to the store.
 pub fn stage(store: &Store, bytes: Vec<u8>, release: &Release) -> Result<ModelRef, InstallError> {
-    let bundle = Bundle::from_bytes(bytes).map_err(|e| InstallError::NotABundle {
+    let bundle = Bundle::from_bytes(bytes).map_err(|source| InstallError::NotABundle {
         target: release.target.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let found = model_ref(&bundle);
     if found.model != release.model || found.model_version != release.model_version {
@@ -279,7 +281,7 @@ pub fn collect_garbage(store: &Store, state: &UpdaterState) -> usize {
                     tracing::info!(file = %entry.path().display(), "removed from the model store");
                 }
                 Err(error) => {
-                    tracing::warn!(file = %entry.path().display(), %error, "cannot remove")
+                    tracing::warn!(file = %entry.path().display(), error = %Chain(&error), "cannot remove")
                 }
             }
         }

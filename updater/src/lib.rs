@@ -19,8 +19,10 @@
 //! - [`canary`]: when a candidate running in shadow is promoted or rejected.
 //! - [`trial`]: the verdict on a new bundle from the agent's model health report.
 //! - [`state`]: the write-ahead record of trials and bad versions.
+//! - [`json_file`]: reading the state, status and floor files, and what a failed read says.
 //! - [`status`], [`mqtt`]: the status document, its file and its retained MQTT topic.
-//! - [`metrics`]: Prometheus metrics read from the status board, and their listener.
+//! - [`metrics`]: Prometheus metrics read from the status board (served by
+//!   `defect_shared::metrics_listener`).
 //! - [`service`]: one update cycle and the daemon loop.
 //! - [`forward`]: the deprecated `model-updater repo`, which runs `defect-central repo`.
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod download;
 pub mod forward;
 pub mod install;
+pub mod json_file;
 pub mod metrics;
 pub mod mqtt;
 pub mod select;

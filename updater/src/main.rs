@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use model_updater::config::{Config, ConfigError};
+use defect_shared::config_report::EXIT_CONFIG;
+use defect_shared::error_chain;
+use model_updater::config::Config;
 use model_updater::service::{self, Outcome, Updater};
 use model_updater::verify::Source;
 
@@ -79,18 +81,9 @@ enum Command {
     },
 }
 
-const EXIT_CONFIG: u8 = 78;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    defect_shared::logging::init("info");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -105,7 +98,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("model-updater: {error:#}");
+            eprintln!("model-updater: {}", error_chain::line(error.chain()));
             ExitCode::FAILURE
         }
     }
@@ -113,15 +106,7 @@ fn main() -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|error| {
-        match &error {
-            ConfigError::Invalid { problems, .. } => {
-                eprintln!("model-updater: config {} is invalid:", path.display());
-                for problem in problems {
-                    eprintln!("  {problem}");
-                }
-            }
-            other => eprintln!("model-updater: {other}"),
-        }
+        eprintln!("model-updater: {}", error_chain::chain(&error));
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -203,11 +188,11 @@ async fn one_cycle(config: Config, source: Source) -> anyhow::Result<ExitCode> {
             ExitCode::from(2)
         }
         Err(error) if error.is_offline() => {
-            eprintln!("model-updater: {}", model_updater::verify::chain(&error));
+            eprintln!("model-updater: {}", error_chain::chain(&error));
             ExitCode::from(3)
         }
         Err(error) => {
-            eprintln!("model-updater: {}", model_updater::verify::chain(&error));
+            eprintln!("model-updater: {}", error_chain::chain(&error));
             ExitCode::FAILURE
         }
     })
@@ -215,9 +200,7 @@ async fn one_cycle(config: Config, source: Source) -> anyhow::Result<ExitCode> {
 
 fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state_dir = &config.paths.state_dir;
-    let status = model_updater::status::read(state_dir)
-        .map_err(anyhow::Error::msg)
-        .context("cannot read the status")?;
+    let status = model_updater::status::read(state_dir).context("cannot read the status")?;
     let Some(status) = status else {
         println!(
             "no status yet: the updater has not run with state folder {}",
@@ -276,14 +259,14 @@ fn approve(config: &Config) -> anyhow::Result<ExitCode> {
     let state_dir = &config.paths.state_dir;
     let (state, problem) = model_updater::state::StateFile::new(state_dir).load();
     if let Some(problem) = problem {
-        anyhow::bail!("updater state in {}: {problem}", state_dir.display());
+        return Err(anyhow::Error::new(problem).context("updater state is damaged"));
     }
     let Some(run) = state.canary else {
         eprintln!("model-updater: no canary candidate is running in shadow");
         return Ok(ExitCode::FAILURE);
     };
     let path = model_updater::service::approval_path(state_dir);
-    defect_models::atomic::write(&path, run.candidate.sha256.as_bytes())
+    defect_shared::atomic::write(&path, run.candidate.sha256.as_bytes())
         .with_context(|| format!("{}", path.display()))?;
     println!(
         "approved {} model_version {} ({}): promoted once its evidence holds",

@@ -1,23 +1,16 @@
-//! Prometheus metrics of `model-updater run`, and the listener that serves them.
+//! Prometheus metrics of `model-updater run`.
 //!
-//! This module owns the `model_updater_*` metric names and the `[metrics]` listener:
-//! `GET /metrics` and `/healthz` (the process answers). Every value is read from the
+//! This module owns the `model_updater_*` metric names. Every value is read from the
 //! [`StatusBoard`] when scraped: the phase, the current model, the last check and success and
 //! the bad versions from its status document, checks by outcome and bytes downloaded from its
 //! activity counters. Nothing is threaded through the update cycle for the metrics' sake. The
-//! text formats come from `defect-exposition`.
+//! `[metrics]` listener that serves them (`/metrics`, `/healthz`, `/readyz`, always ready) is
+//! `defect_shared::metrics_listener`.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use defect_exposition::Format;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -27,16 +20,6 @@ use crate::status::{CheckOutcome, Phase, StatusBoard};
 
 /// Prefix of every metric name.
 const PREFIX: &str = "model_updater";
-
-/// Why the metrics listener could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics.listen {address}: {source}")]
-pub struct MetricsError {
-    /// The configured address.
-    pub address: String,
-    /// The socket error.
-    pub source: std::io::Error,
-}
 
 /// The status board, read on every scrape.
 #[derive(Debug)]
@@ -122,60 +105,17 @@ fn gauge(
         .encode_gauge(&value)
 }
 
-/// The registry a scrape encodes.
-fn registry(board: Arc<StatusBoard>) -> Registry {
+/// The registry a scrape encodes: every metric read from `board`.
+pub fn registry(board: Arc<StatusBoard>) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register_collector(Box::new(Board(board)));
     registry
 }
 
-/// Binds the metrics listener; the returned router serves `/metrics` and `/healthz`.
-pub async fn bind(
-    listen: &str,
-    board: Arc<StatusBoard>,
-) -> Result<(SocketAddr, tokio::net::TcpListener, Router), MetricsError> {
-    let error = |source| MetricsError {
-        address: listen.to_owned(),
-        source,
-    };
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(error)?;
-    let address = listener.local_addr().map_err(error)?;
-    let router = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(Arc::new(registry(board)));
-    tracing::info!(%address, "metrics listening");
-    Ok((address, listener, router))
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "metrics server failed");
-    }
-}
-
-async fn scrape(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = Format::negotiate(accept);
-    match defect_exposition::render(&registry, format) {
-        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "metrics scrape failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use defect_shared::exposition::Format;
+
     use super::*;
     use crate::state::ModelRef;
 
@@ -199,7 +139,8 @@ mod tests {
             .activity()
             .downloaded_bytes()
             .fetch_add(4096, Ordering::Relaxed);
-        let text = defect_exposition::render(&registry(board), Format::Prometheus).expect("render");
+        let text = defect_shared::exposition::render(&registry(board), Format::Prometheus)
+            .expect("render");
         for line in [
             "model_updater_state{state=\"offline\"} 1\n",
             "model_updater_state{state=\"idle\"} 0\n",

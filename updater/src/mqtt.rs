@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use defect_shared::error_chain::Chain;
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{Notify, watch};
@@ -79,7 +80,7 @@ impl Link {
                             failures = failures.saturating_add(1);
                             let cap = Duration::from_millis(500u64 << failures.min(6));
                             let delay = rand::rng().random_range(Duration::from_millis(100)..=cap);
-                            tracing::debug!(%error, ?delay, "MQTT connection failed; retrying");
+                            tracing::debug!(error = %Chain(&error), ?delay, "MQTT connection failed; retrying");
                             tokio::time::sleep(delay).await;
                         }
                     },
@@ -124,8 +125,8 @@ fn record_approval(path: &std::path::Path, payload: &[u8]) {
         tracing::warn!(payload = %text, "approval ignored: expected a SHA-256 or a model_version");
         return;
     }
-    match defect_models::atomic::write(path, text.as_bytes()) {
+    match defect_shared::atomic::write(path, text.as_bytes()) {
         Ok(()) => tracing::info!(approved = %text, "canary approval received"),
-        Err(error) => tracing::error!(%error, "cannot record the canary approval"),
+        Err(error) => tracing::error!(error = %Chain(&error), "cannot record the canary approval"),
     }
 }

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use defect_models::store::{Pointer, Store, StoreError};
+use defect_shared::error_chain::{self, Chain};
+use defect_shared::metrics_listener::{BindError, MetricsListener};
 use rand::Rng;
 use tokio::sync::Notify;
 
@@ -20,7 +22,6 @@ use crate::clock;
 use crate::config::Config;
 use crate::download::{self, DownloadError};
 use crate::install::{self, InstallError};
-use crate::metrics::MetricsError;
 use crate::select;
 use crate::state::{CanaryRun, ModelRef, StateFile, UpdaterState};
 use crate::status::{CheckOutcome, Phase, StatusBoard};
@@ -51,7 +52,7 @@ pub enum UpdateError {
     #[error(transparent)]
     Check(#[from] CheckError),
     /// The download failed.
-    #[error("download of {target}: {source}")]
+    #[error("download of {target}")]
     Download {
         /// The target.
         target: String,
@@ -68,7 +69,7 @@ pub enum UpdateError {
     #[error(transparent)]
     Trust(#[from] TrustError),
     /// A local folder could not be created or read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -77,7 +78,7 @@ pub enum UpdateError {
     },
     /// The metrics listener could not start.
     #[error(transparent)]
-    Metrics(#[from] MetricsError),
+    Metrics(#[from] BindError),
 }
 
 impl UpdateError {
@@ -119,9 +120,9 @@ impl Updater {
         let trust = TrustStore::open(&state_dir)?;
         let state_file = StateFile::new(&state_dir);
         let (mut state, damaged) = state_file.load();
-        if let Some(reason) = damaged {
+        if let Some(damage) = damaged {
             tracing::error!(
-                reason,
+                reason = %error_chain::chain(&damage),
                 "the updater state was damaged; starting from an empty state"
             );
         }
@@ -170,13 +171,13 @@ impl Updater {
             Ok(Some(_)) => match self.store.load(Pointer::Current) {
                 Ok(bundle) => bundle.as_ref().map(install::model_ref),
                 Err(error) => {
-                    tracing::error!(%error, "model store pointer current unreadable");
+                    tracing::error!(error = %Chain(&error), "model store pointer current unreadable");
                     None
                 }
             },
             Ok(None) => None,
             Err(error) => {
-                tracing::error!(%error, "model store pointer current unreadable");
+                tracing::error!(error = %Chain(&error), "model store pointer current unreadable");
                 None
             }
         };
@@ -238,7 +239,7 @@ impl Updater {
                 });
             }
             Err(error) if error.is_offline() => {
-                tracing::info!(error = %verify::chain(error), "repository not reachable; will retry");
+                tracing::info!(error = %error_chain::chain(error), "repository not reachable; will retry");
                 self.board.update(|s| {
                     s.last_check_ms = Some(now);
                 });
@@ -246,7 +247,7 @@ impl Updater {
                 self.board.activity().count_check(CheckOutcome::Offline);
             }
             Err(error) => {
-                let text = verify::chain(error);
+                let text = error_chain::chain(error);
                 tracing::error!(error = %text, "update check failed");
                 self.board.update(|s| {
                     s.last_check_ms = Some(now);
@@ -369,7 +370,7 @@ impl Updater {
             Ok(staged) => staged,
             Err(error @ (InstallError::NotABundle { .. } | InstallError::Mismatch { .. })) => {
                 let _ = std::fs::remove_file(&partial);
-                self.mark_bad(&pending, &error.to_string());
+                self.mark_bad(&pending, &error_chain::chain(&error));
                 return Err(error.into());
             }
             Err(error) => return Err(error.into()),
@@ -481,7 +482,7 @@ impl Updater {
     /// Removes the store's `candidate` pointer; the agent stops the shadow run.
     fn clear_candidate(&self) {
         if let Err(error) = self.store.clear_pointer(Pointer::Candidate) {
-            tracing::error!(%error, "cannot remove the model store's candidate pointer");
+            tracing::error!(error = %Chain(&error), "cannot remove the model store's candidate pointer");
         }
     }
 
@@ -496,7 +497,7 @@ impl Updater {
             },
         );
         if let Err(error) = self.state_file.save(&self.state) {
-            tracing::error!(%error, "cannot record a bad version");
+            tracing::error!(error = %Chain(&error), "cannot record a bad version");
         }
     }
 
@@ -512,7 +513,7 @@ impl Updater {
             let report = match defect_models::health::read(&path) {
                 Ok(report) => report,
                 Err(error) => {
-                    let text = error.to_string();
+                    let text = error_chain::chain(&error);
                     if last_read_error.as_ref() != Some(&text) {
                         tracing::warn!(error = %text, "cannot read the agent's model health report");
                         last_read_error = Some(text);
@@ -585,16 +586,12 @@ pub async fn run(
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let metrics = match &updater.config().metrics {
         Some(section) => {
-            let (_, listener, router) =
-                crate::metrics::bind(&section.listen, updater.board()).await?;
+            let registry = crate::metrics::registry(updater.board());
+            let listener = MetricsListener::bind(&section.listen, registry).await?;
             let mut stopped = metrics_stopped;
-            Some(tokio::spawn(crate::metrics::serve(
-                listener,
-                router,
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            )))
+            Some(tokio::spawn(listener.serve(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })))
         }
         None => None,
     };

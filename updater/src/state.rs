@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::json_file::JsonFileError;
+
 /// A model version, as status and state name it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelRef {
@@ -98,7 +100,7 @@ pub struct UpdaterState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The file could not be written.
-    #[error("updater state {path}: {source}")]
+    #[error("updater state {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -122,21 +124,11 @@ impl StateFile {
     }
 
     /// Reads the state. A missing file is the empty state; a damaged one is reported (the
-    /// returned text) and replaced by the empty state.
-    pub fn load(&self) -> (UpdaterState, Option<String>) {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(state) => (state, None),
-                Err(e) => (
-                    UpdaterState::default(),
-                    Some(format!("{}: {e}", self.path.display())),
-                ),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (UpdaterState::default(), None),
-            Err(e) => (
-                UpdaterState::default(),
-                Some(format!("{}: {e}", self.path.display())),
-            ),
+    /// returned error) and replaced by the empty state.
+    pub fn load(&self) -> (UpdaterState, Option<JsonFileError>) {
+        match crate::json_file::read(&self.path) {
+            Ok(state) => (state.unwrap_or_default(), None),
+            Err(error) => (UpdaterState::default(), Some(error)),
         }
     }
 
@@ -148,7 +140,7 @@ impl StateFile {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        defect_models::atomic::write(&self.path, &bytes).map_err(|source| StateError::Io {
+        defect_shared::atomic::write(&self.path, &bytes).map_err(|source| StateError::Io {
             path: self.path.clone(),
             source,
         })
@@ -163,7 +155,9 @@ mod tests {
     fn a_trial_round_trips_and_a_torn_file_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = StateFile::new(dir.path());
-        assert_eq!(file.load(), (UpdaterState::default(), None));
+        let (empty, problem) = file.load();
+        assert_eq!(empty, UpdaterState::default());
+        assert!(problem.is_none());
         let state = UpdaterState {
             v: 1,
             canary: None,
@@ -185,7 +179,9 @@ mod tests {
             bad: BTreeMap::new(),
         };
         file.save(&state).expect("save");
-        assert_eq!(file.load(), (state, None));
+        let (loaded, problem) = file.load();
+        assert_eq!(loaded, state);
+        assert!(problem.is_none());
         std::fs::write(dir.path().join("updater-state.json"), b"{\"tri").expect("tear");
         assert!(file.load().1.is_some());
     }

@@ -9,9 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use defect_shared::error_chain::Chain;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::json_file::JsonFileError;
 use crate::state::ModelRef;
 
 /// The updater's phase.
@@ -181,15 +183,8 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 }
 
 /// Reads the status file of a state folder.
-pub fn read(state_dir: &Path) -> Result<Option<Status>, String> {
-    let path = status_path(state_dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
+pub fn read(state_dir: &Path) -> Result<Option<Status>, JsonFileError> {
+    crate::json_file::read(&status_path(state_dir))
 }
 
 /// Holds the status and publishes every change to the file and to watchers (the MQTT link,
@@ -236,11 +231,11 @@ impl StatusBoard {
         let status = self.get();
         match serde_json::to_vec_pretty(&status) {
             Ok(bytes) => {
-                if let Err(error) = defect_models::atomic::write(&self.path, &bytes) {
-                    tracing::warn!(path = %self.path.display(), %error, "cannot write the status file");
+                if let Err(error) = defect_shared::atomic::write(&self.path, &bytes) {
+                    tracing::warn!(path = %self.path.display(), error = %Chain(&error), "cannot write the status file");
                 }
             }
-            Err(error) => tracing::warn!(%error, "cannot serialise the status"),
+            Err(error) => tracing::warn!(error = %Chain(&error), "cannot serialise the status"),
         }
     }
 }

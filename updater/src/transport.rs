@@ -9,17 +9,40 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::StatusCode;
 use tough::{Transport, TransportError, TransportErrorKind, TransportStream};
 use url::Url;
 
 /// Largest metadata file accepted over this transport.
 pub const MAX_METADATA_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why the metadata server could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreachable {
+    /// The request or the body failed (no connection, timeout, reset).
+    #[error("{url}")]
+    Request {
+        /// The metadata file's URL.
+        url: Url,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The server answered with a server error.
+    #[error("{url}: HTTP {status}")]
+    Status {
+        /// The metadata file's URL.
+        url: Url,
+        /// The status it answered.
+        status: StatusCode,
+    },
+}
+
 /// A `tough` transport for `http`, `https` and `file` URLs.
 #[derive(Debug, Clone)]
 pub struct MetadataTransport {
     client: reqwest::Client,
-    unreachable: Arc<Mutex<Option<String>>>,
+    unreachable: Arc<Mutex<Option<Unreachable>>>,
 }
 
 impl MetadataTransport {
@@ -31,24 +54,35 @@ impl MetadataTransport {
         }
     }
 
-    /// Why the server could not be reached during the last load, if it could not.
-    pub fn unreachable(&self) -> Option<String> {
-        self.unreachable.lock().ok().and_then(|u| u.clone())
+    /// Why the server could not be reached during the last load, if it could not (taken: a
+    /// second call answers `None`).
+    pub fn unreachable(&self) -> Option<Unreachable> {
+        self.unreachable.lock().ok().and_then(|mut u| u.take())
     }
 
-    fn note_unreachable(&self, reason: String) {
+    fn note_unreachable(&self, reason: Unreachable) {
         if let Ok(mut slot) = self.unreachable.lock() {
             *slot = Some(reason);
         }
     }
 
+    /// Notes why `url` could not be fetched; `tough` gets an error saying so (the check reads
+    /// the reason from [`MetadataTransport::unreachable`]).
+    fn unreachable_error(&self, url: Url, source: reqwest::Error) -> TransportError {
+        self.note_unreachable(Unreachable::Request {
+            url: url.clone(),
+            source,
+        });
+        TransportError::new_with_cause(TransportErrorKind::Other, url, "the server is unreachable")
+    }
+
     async fn fetch_http(&self, url: Url) -> Result<Vec<u8>, TransportError> {
         let response = match self.client.get(url.clone()).send().await {
             Ok(r) => r,
+            Err(e) if e.is_connect() || e.is_timeout() => {
+                return Err(self.unreachable_error(url, e));
+            }
             Err(e) => {
-                if e.is_connect() || e.is_timeout() {
-                    self.note_unreachable(format!("{url}: {e}"));
-                }
                 return Err(TransportError::new_with_cause(
                     TransportErrorKind::Other,
                     url,
@@ -62,7 +96,10 @@ impl MetadataTransport {
         }
         if !status.is_success() {
             if status.is_server_error() {
-                self.note_unreachable(format!("{url}: HTTP {status}"));
+                self.note_unreachable(Unreachable::Status {
+                    url: url.clone(),
+                    status,
+                });
             }
             return Err(TransportError::new_with_cause(
                 TransportErrorKind::Other,
@@ -95,14 +132,7 @@ impl MetadataTransport {
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => return Ok(body),
-                Err(e) => {
-                    self.note_unreachable(format!("{url}: {e}"));
-                    return Err(TransportError::new_with_cause(
-                        TransportErrorKind::Other,
-                        url,
-                        e,
-                    ));
-                }
+                Err(e) => return Err(self.unreachable_error(url, e)),
             }
         }
     }

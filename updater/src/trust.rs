@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use defect_shared::error_chain::Chain;
 use serde::{Deserialize, Serialize};
+
+use crate::json_file::JsonFileError;
 
 /// Highest versions this box has accepted; nothing lower is accepted again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +61,7 @@ impl Floor {
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
     /// A file of the trust state could not be read or written.
-    #[error("trust state {path}: {source}")]
+    #[error("trust state {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -66,9 +69,7 @@ pub enum TrustError {
         source: std::io::Error,
     },
     /// No root is available: neither a history nor the shipped root.
-    #[error(
-        "no trusted root: the root history {history} is empty and {shipped} cannot be read: {source}"
-    )]
+    #[error("no trusted root: the root history {history} is empty and {shipped} cannot be read")]
     NoRoot {
         /// The history folder.
         history: PathBuf,
@@ -92,7 +93,7 @@ pub struct LoadedFloor {
     pub floor: Floor,
     /// Set when `floor.json` existed but could not be read; the floor was rebuilt and this says
     /// why (to be reported loudly).
-    pub damaged: Option<String>,
+    pub damaged: Option<JsonFileError>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrustError + '_ {
@@ -147,7 +148,7 @@ impl TrustStore {
             match fs::read(&path) {
                 Ok(bytes) => roots.push((path.display().to_string(), bytes)),
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "unreadable root in the history")
+                    tracing::error!(path = %path.display(), error = %Chain(&e), "unreadable root in the history")
                 }
             }
         }
@@ -171,7 +172,7 @@ impl TrustStore {
         if path.exists() {
             return Ok(());
         }
-        defect_models::atomic::write(&path, bytes).map_err(io(&path))
+        defect_shared::atomic::write(&path, bytes).map_err(io(&path))
     }
 
     /// Reads the floor. A missing file is an empty floor; a damaged one is rebuilt from the root
@@ -179,18 +180,9 @@ impl TrustStore {
     /// [`LoadedFloor::damaged`].
     pub fn load_floor(&self, evidence: &BTreeMap<String, u64>) -> Result<LoadedFloor, TrustError> {
         let path = self.floor_path();
-        let read = match fs::read(&path) {
-            Ok(bytes) => Some(
-                serde_json::from_slice::<Floor>(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display())),
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => Some(Err(format!("{}: {e}", path.display()))),
-        };
-        let (mut floor, damaged) = match read {
-            Some(Ok(floor)) => (floor, None),
-            Some(Err(reason)) => (Floor::default(), Some(reason)),
-            None => (Floor::default(), None),
+        let (mut floor, damaged) = match crate::json_file::read::<Floor>(&path) {
+            Ok(floor) => (floor.unwrap_or_default(), None),
+            Err(error) => (Floor::default(), Some(error)),
         };
         floor.v = 1;
         if let Some(newest) = self.root_versions()?.first() {
@@ -209,7 +201,7 @@ impl TrustStore {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        defect_models::atomic::write(&path, &bytes).map_err(io(&path))
+        defect_shared::atomic::write(&path, &bytes).map_err(io(&path))
     }
 }
 

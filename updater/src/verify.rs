@@ -15,7 +15,9 @@ use serde_json::Value;
 use url::Url;
 
 use crate::clock::{self, ClockReading, ImplausibleClock};
-use crate::transport::MetadataTransport;
+use defect_shared::error_chain::chain;
+
+use crate::transport::{MetadataTransport, Unreachable};
 use crate::trust::{TrustError, TrustStore};
 
 /// Where the repository is.
@@ -42,9 +44,7 @@ impl Source {
             } else {
                 format!("{text}/")
             };
-            Url::parse(&text).map_err(|e| CheckError::Verification {
-                reason: format!("{text:?} is not a URL: {e}"),
-            })
+            Url::parse(&text).map_err(|source| CheckError::BadUrl { text, source })
         };
         Ok(Source {
             metadata_url: parse(metadata_url)?,
@@ -56,12 +56,13 @@ impl Source {
     /// The source for a repository copied into a local folder (`<dir>/metadata`,
     /// `<dir>/targets`).
     pub fn local(dir: &std::path::Path, shipped_root: PathBuf) -> Result<Source, CheckError> {
-        let absolute = std::path::absolute(dir).map_err(|e| CheckError::Verification {
-            reason: format!("{}: {e}", dir.display()),
+        let absolute = std::path::absolute(dir).map_err(|source| CheckError::LocalPath {
+            path: dir.to_owned(),
+            source,
         })?;
         let url = |sub: &str| {
-            Url::from_directory_path(absolute.join(sub)).map_err(|()| CheckError::Verification {
-                reason: format!("{} is not a usable path", absolute.display()),
+            Url::from_directory_path(absolute.join(sub)).map_err(|()| CheckError::UnusablePath {
+                path: absolute.clone(),
             })
         };
         Ok(Source {
@@ -127,19 +128,57 @@ pub struct Verified {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     /// The server could not be reached: expected on a box without connectivity; quiet.
-    #[error("repository unreachable: {reason}")]
+    #[error("repository unreachable")]
     Offline {
         /// What failed.
-        reason: String,
+        #[source]
+        cause: Unreachable,
     },
     /// The clock cannot be used to judge expiry.
     #[error(transparent)]
     Clock(#[from] ImplausibleClock),
     /// The metadata did not verify (signatures, thresholds, expiry, consistency): loud.
-    #[error("repository metadata refused: {reason}")]
+    #[error("repository metadata refused")]
     Verification {
         /// The verifier's reason.
-        reason: String,
+        #[source]
+        source: Box<tough::error::Error>,
+    },
+    /// A configured repository address is not a URL.
+    #[error("{text:?} is not a URL")]
+    BadUrl {
+        /// The address, with the trailing `/` added.
+        text: String,
+        /// The URL parser's error.
+        #[source]
+        source: url::ParseError,
+    },
+    /// A local repository folder cannot be made absolute.
+    #[error("{}", path.display())]
+    LocalPath {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local repository folder cannot be written as a `file://` URL.
+    #[error("{} is not a usable path", path.display())]
+    UnusablePath {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// No root this box trusts could start a load.
+    #[error("repository metadata refused: no trusted root")]
+    NoTrustedRoot,
+    /// The verified root could not be serialised to be remembered.
+    #[error("cannot serialise root version {version}")]
+    SerializeRoot {
+        /// The root's version.
+        version: u64,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
     },
     /// Validly signed metadata older than what this box has already accepted: loud.
     #[error(
@@ -166,21 +205,6 @@ impl CheckError {
     }
 }
 
-/// The error and its causes on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Fetches and verifies the repository; on success remembers the new root and raises the
 /// metadata floor. `evidence` lists model versions found on disk (for rebuilding a damaged
 /// floor).
@@ -191,9 +215,9 @@ pub async fn check(
     client: reqwest::Client,
 ) -> Result<Verified, CheckError> {
     let loaded = trust.load_floor(evidence)?;
-    if let Some(reason) = &loaded.damaged {
+    if let Some(damage) = &loaded.damaged {
         tracing::error!(
-            reason,
+            reason = %chain(damage),
             "the anti-rollback record was damaged; rebuilt from the root history and the model store"
         );
     }
@@ -233,18 +257,21 @@ pub async fn check(
                 last_error = Some(e);
             }
             Err(e) => {
-                if let Some(reason) = transport.unreachable() {
-                    return Err(CheckError::Offline { reason });
+                if let Some(cause) = transport.unreachable() {
+                    return Err(CheckError::Offline { cause });
                 }
-                return Err(CheckError::Verification { reason: chain(&e) });
+                return Err(CheckError::Verification {
+                    source: Box::new(e),
+                });
             }
         }
     }
     let Some(repo) = repository else {
-        return Err(CheckError::Verification {
-            reason: last_error
-                .map(|e| chain(&e))
-                .unwrap_or_else(|| "no trusted root".into()),
+        return Err(match last_error {
+            Some(e) => CheckError::Verification {
+                source: Box::new(e),
+            },
+            None => CheckError::NoTrustedRoot,
         });
     };
 
@@ -278,8 +305,9 @@ pub async fn check(
 
     let root_version = repo.root().signed.version.get();
     let root_bytes =
-        serde_json::to_vec_pretty(repo.root()).map_err(|e| CheckError::Verification {
-            reason: format!("cannot serialise root version {root_version}: {e}"),
+        serde_json::to_vec_pretty(repo.root()).map_err(|source| CheckError::SerializeRoot {
+            version: root_version,
+            source,
         })?;
     trust.remember_root(root_version, &root_bytes)?;
     floor.root = root_version;
@@ -295,7 +323,7 @@ pub async fn check(
     for (name, target) in repo.all_targets() {
         match release(name.raw(), target, &source.targets_url, consistent) {
             Ok(r) => releases.push(r),
-            Err(why) => skipped.push(format!("target {:?}: {why}", name.raw())),
+            Err(why) => skipped.push(format!("target {:?}: {}", name.raw(), chain(&why))),
         }
     }
     releases.sort_by(|a, b| (&a.model, a.model_version).cmp(&(&b.model, b.model_version)));
@@ -310,28 +338,60 @@ pub async fn check(
     })
 }
 
+/// Why a signed target entry is not a model release (reported and skipped, not fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The target name has a folder part, starts with a dot, or is empty.
+    #[error("target names must be flat file names")]
+    NotFlat,
+    /// The sha256 hash is not 32 bytes.
+    #[error("sha256 has {0} bytes, not 32")]
+    DigestLength(usize),
+    /// A custom field that must be a string is missing or is not one.
+    #[error("custom field {0:?} is missing or not a string")]
+    NotText(String),
+    /// A custom list field holds something other than strings.
+    #[error("custom field {0:?} holds a non-string")]
+    NonStringItem(String),
+    /// A custom field that must be a list is not one.
+    #[error("custom field {0:?} is not a list")]
+    NotAList(String),
+    /// The `canary` custom field does not parse.
+    #[error("custom field \"canary\"")]
+    Canary(#[source] serde_json::Error),
+    /// The `canary` custom field parses but its values are unusable.
+    #[error("custom field \"canary\": {0}")]
+    CanaryValues(String),
+    /// `model_version` is missing or not an integer.
+    #[error("custom field \"model_version\" is missing or not an integer")]
+    ModelVersion,
+    /// The target's URL cannot be formed from the targets base URL.
+    #[error("cannot form its URL")]
+    Url(#[source] url::ParseError),
+}
+
 fn release(
     name: &str,
     target: &tough::schema::Target,
     targets_url: &Url,
     consistent: bool,
-) -> Result<Release, String> {
+) -> Result<Release, ReleaseError> {
     if name.contains('/') || name.starts_with('.') || name.is_empty() {
-        return Err("target names must be flat file names".into());
+        return Err(ReleaseError::NotFlat);
     }
     let digest: &[u8] = &target.hashes.sha256;
     let sha256: [u8; 32] = digest
         .try_into()
-        .map_err(|_| format!("sha256 has {} bytes, not 32", digest.len()))?;
+        .map_err(|_| ReleaseError::DigestLength(digest.len()))?;
     let custom = &target.custom;
-    let text = |key: &str| -> Result<String, String> {
+    let text = |key: &str| -> Result<String, ReleaseError> {
         custom
             .get(key)
             .and_then(Value::as_str)
             .map(str::to_owned)
-            .ok_or_else(|| format!("custom field {key:?} is missing or not a string"))
+            .ok_or_else(|| ReleaseError::NotText(key.to_owned()))
     };
-    let list = |key: &str| -> Result<Vec<String>, String> {
+    let list = |key: &str| -> Result<Vec<String>, ReleaseError> {
         match custom.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
             Some(Value::Array(items)) => items
@@ -339,20 +399,19 @@ fn release(
                 .map(|v| {
                     v.as_str()
                         .map(str::to_owned)
-                        .ok_or_else(|| format!("custom field {key:?} holds a non-string"))
+                        .ok_or_else(|| ReleaseError::NonStringItem(key.to_owned()))
                 })
                 .collect(),
-            Some(_) => Err(format!("custom field {key:?} is not a list")),
+            Some(_) => Err(ReleaseError::NotAList(key.to_owned())),
         }
     };
     let canary = match custom.get("canary") {
         None | Some(Value::Null) => None,
         Some(value) => {
             let overrides: crate::canary::CanaryOverrides =
-                serde_json::from_value(value.clone())
-                    .map_err(|e| format!("custom field \"canary\": {e}"))?;
+                serde_json::from_value(value.clone()).map_err(ReleaseError::Canary)?;
             if let Some(problem) = overrides.problem() {
-                return Err(format!("custom field \"canary\": {problem}"));
+                return Err(ReleaseError::CanaryValues(problem));
             }
             Some(overrides)
         }
@@ -360,15 +419,13 @@ fn release(
     let model_version = custom
         .get("model_version")
         .and_then(Value::as_u64)
-        .ok_or("custom field \"model_version\" is missing or not an integer")?;
+        .ok_or(ReleaseError::ModelVersion)?;
     let file = if consistent {
         format!("{}.{name}", hex::encode(sha256))
     } else {
         name.to_owned()
     };
-    let url = targets_url
-        .join(&file)
-        .map_err(|e| format!("cannot form its URL: {e}"))?;
+    let url = targets_url.join(&file).map_err(ReleaseError::Url)?;
     Ok(Release {
         target: name.to_owned(),
         model: text("model")?,

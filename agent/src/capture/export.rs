@@ -29,7 +29,7 @@ pub enum ExportError {
     #[error(transparent)]
     Store(#[from] CaptureError),
     /// Writing the export failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Write {
         /// The file or folder.
         path: PathBuf,

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use defect_models::{Classification, Model, Verdict};
+use defect_shared::error_chain::Chain;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -281,12 +282,12 @@ impl CaptureShared {
             Err(error @ CaptureError::Full { .. }) => {
                 let count = self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
                 if count.is_power_of_two() || count == 0 {
-                    tracing::warn!(%error, dropped = count + 1, "capture refused");
+                    tracing::warn!(error = %Chain(&error), dropped = count + 1, "capture refused");
                 }
             }
             Err(error) => {
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "cannot store a captured frame");
+                tracing::error!(error = %Chain(&error), "cannot store a captured frame");
             }
         }
     }

@@ -118,7 +118,7 @@ pub struct NewCapture {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// A file of the store could not be read or written.
-    #[error("capture store {path}: {source}")]
+    #[error("capture store {path}")]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -126,7 +126,7 @@ pub enum CaptureError {
         source: std::io::Error,
     },
     /// A metadata file does not parse.
-    #[error("capture metadata {path}: {source}")]
+    #[error("capture metadata {path}")]
     Meta {
         /// The file.
         path: PathBuf,
@@ -333,10 +333,10 @@ impl CaptureStore {
         meta.bytes = size;
         meta.id.clone_from(&id);
         let image = self.dir.join(&meta.image);
-        defect_models::atomic::write(&image, &bytes).map_err(io(&image))?;
+        defect_shared::atomic::write(&image, &bytes).map_err(io(&image))?;
         let json = serde_json::to_vec_pretty(&meta).unwrap_or_default();
         let path = self.dir.join(format!("{id}.json"));
-        if let Err(error) = defect_models::atomic::write(&path, &json) {
+        if let Err(error) = defect_shared::atomic::write(&path, &json) {
             let _ = std::fs::remove_file(&image);
             return Err(io(&path)(error));
         }
@@ -354,7 +354,7 @@ impl CaptureStore {
     /// Records that the central server holds item `id`.
     pub fn mark_uploaded(&mut self, id: &str) -> Result<(), CaptureError> {
         let marker = self.dir.join(format!("{id}.uploaded"));
-        defect_models::atomic::write(&marker, b"").map_err(io(&marker))?;
+        defect_shared::atomic::write(&marker, b"").map_err(io(&marker))?;
         if let Some(entry) = self.items.get_mut(id) {
             entry.uploaded = true;
         }

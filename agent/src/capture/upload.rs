@@ -15,6 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use defect_shared::error_chain::Chain;
 use tokio::time::Instant;
 
 use super::CaptureShared;
@@ -46,7 +47,7 @@ pub struct UploadSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     /// The request failed (server unreachable, connection cut).
-    #[error("{url}: {source}")]
+    #[error("{url}")]
     Http {
         /// The object's URL.
         url: String,
@@ -65,7 +66,7 @@ pub enum UploadError {
     #[error(transparent)]
     Store(#[from] super::store::CaptureError),
     /// A file of the store could not be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Read {
         /// The file.
         path: std::path::PathBuf,
@@ -102,7 +103,7 @@ pub async fn run(shared: Arc<CaptureShared>, settings: UploadSettings) {
     {
         Ok(client) => client,
         Err(error) => {
-            tracing::error!(%error, "capture upload cannot start");
+            tracing::error!(error = %Chain(&error), "capture upload cannot start");
             return;
         }
     };
@@ -120,10 +121,10 @@ pub async fn run(shared: Arc<CaptureShared>, settings: UploadSettings) {
                 warned = false;
             }
             Err(error) if !warned => {
-                tracing::warn!(%error, "capture upload paused; retrying every round");
+                tracing::warn!(error = %Chain(&error), "capture upload paused; retrying every round");
                 warned = true;
             }
-            Err(error) => tracing::debug!(%error, "capture upload still paused"),
+            Err(error) => tracing::debug!(error = %Chain(&error), "capture upload still paused"),
         }
         tokio::time::sleep(settings.interval).await;
     }

@@ -264,7 +264,10 @@ pub fn drift(
 
 #[cfg(test)]
 mod tests {
+    use defect_models::Verdict;
+
     use super::*;
+    use crate::outcome::{Decided, NoDecisionReason, Ruling};
 
     #[test]
     fn the_line_station_comes_from_the_topic() {
@@ -276,8 +279,6 @@ mod tests {
         assert_eq!(Topics::new("a/b").line_station("a/b//line"), None);
         assert_eq!(Topics::new("a/b").line_station("a/b/cam1/decision"), None);
     }
-    use crate::outcome::{Decided, DecisionResult, NoDecisionReason, Ruling};
-    use defect_models::Verdict;
 
     fn outcome() -> Outcome {
         Outcome {

@@ -233,7 +233,7 @@ impl Collector for PipelineGauges {
 mod tests {
     use std::time::Duration;
 
-    use defect_exposition::Format;
+    use defect_shared::exposition::Format;
 
     use super::*;
     use crate::outcome::{Decided, DecisionResult, Ruling};
@@ -272,7 +272,7 @@ mod tests {
     fn text(metrics: &PipelineMetrics) -> String {
         let mut registry = Registry::with_prefix("defect_agent");
         metrics.register(&mut registry);
-        defect_exposition::render(&registry, Format::Prometheus).expect("render")
+        defect_shared::exposition::render(&registry, Format::Prometheus).expect("render")
     }
 
     #[test]

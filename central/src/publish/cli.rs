@@ -158,7 +158,7 @@ impl RepoCommand {
     pub async fn run(self) -> Result<(), PublishError> {
         let report = tokio::task::spawn_blocking(move || self.execute())
             .await
-            .map_err(|e| PublishError::Task(e.to_string()))??;
+            .map_err(PublishError::Task)??;
         println!("{report}");
         Ok(())
     }

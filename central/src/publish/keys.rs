@@ -32,14 +32,14 @@ impl SigningKey {
     /// Parses a PKCS#8 DER ed25519 private key (v1 as `openssl genpkey` writes, or v2);
     /// `path` names where it came from, for errors.
     pub fn from_pkcs8(der: &[u8], path: &Path) -> Result<Self, PublishError> {
-        let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|e| PublishError::BadKey {
+        let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|source| PublishError::BadKey {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source,
         })?;
         let key = tough::sign::Sign::tuf_key(&pair);
-        let key_id = key.key_id().map_err(|e| PublishError::BadKey {
+        let key_id = key.key_id().map_err(|source| PublishError::KeyId {
             path: path.to_owned(),
-            reason: format!("cannot compute key id: {e}"),
+            source: Box::new(source),
         })?;
         Ok(Self {
             pair,

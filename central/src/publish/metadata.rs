@@ -5,8 +5,7 @@
 //! targets of a repository folder. It also owns the `custom` fields every target carries.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
@@ -233,10 +232,10 @@ impl TargetCustom {
     ) -> Result<Self, PublishError> {
         let map: serde_json::Map<String, serde_json::Value> =
             custom.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|source| {
             PublishError::BadCustom {
                 target: target.to_owned(),
-                reason: e.to_string(),
+                source,
             }
         })
     }
@@ -284,7 +283,10 @@ pub fn sign_metadata<T: Serialize>(
 fn hex_bytes(hex_text: &str) -> Result<Decoded<Hex>, PublishError> {
     hex::decode(hex_text)
         .map(Decoded::from)
-        .map_err(|e| PublishError::InvalidOptions(format!("key id {hex_text:?}: {e}")))
+        .map_err(|source| PublishError::Hex {
+            what: format!("key id {hex_text:?}"),
+            source,
+        })
 }
 
 /// Length and sha256 of a written metadata file, as snapshot and timestamp list them.
@@ -347,42 +349,20 @@ pub(super) fn render_metadata<T: Serialize>(
     Ok(bytes)
 }
 
-/// Replaces `path` with `bytes`: temporary file in the same folder, fsync, rename, fsync of the
-/// folder.
+/// Replaces `path` with `bytes` crash-safely ([`defect_shared::atomic::write`]).
 pub(super) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), PublishError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let written = (|| {
-        let mut file = File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if let Err(source) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(PublishError::Io {
-            path: path.to_owned(),
-            source,
-        });
-    }
-    sync_dir(dir)
+    defect_shared::atomic::write(path, bytes).map_err(|source| PublishError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Fsyncs a folder so that new entries and renames in it survive a power cut.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), PublishError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| PublishError::Io {
-            path: dir.to_owned(),
-            source,
-        })
+    defect_shared::atomic::sync_dir(dir).map_err(|source| PublishError::Io {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Now plus `after`, in whole seconds (python-tuf reads only `YYYY-MM-DDTHH:MM:SSZ`).

@@ -51,7 +51,7 @@ pub use tough_view::{LoadedRepo, LoadedTarget, load_with_tough};
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The file or folder concerned.
         path: PathBuf,
@@ -59,7 +59,7 @@ pub enum PublishError {
         source: std::io::Error,
     },
     /// A metadata file is not valid JSON of the expected role.
-    #[error("{path}: not valid {role} metadata: {source}")]
+    #[error("{path}: not valid {role} metadata")]
     ParseMetadata {
         /// The file concerned.
         path: PathBuf,
@@ -69,7 +69,7 @@ pub enum PublishError {
         source: serde_json::Error,
     },
     /// Metadata could not be serialised.
-    #[error("cannot serialise {what}: {source}")]
+    #[error("cannot serialise {what}")]
     Serialize {
         /// What was being serialised.
         what: String,
@@ -77,12 +77,31 @@ pub enum PublishError {
         source: serde_json::Error,
     },
     /// A key file is not an ed25519 PKCS#8 private key.
-    #[error("{path}: not an ed25519 PKCS#8 (DER) private key: {reason}")]
+    #[error("{path}: not an ed25519 PKCS#8 (DER) private key")]
     BadKey {
         /// The key file.
         path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
+        /// What the key parser refused.
+        #[source]
+        source: aws_lc_rs::error::KeyRejected,
+    },
+    /// The TUF key id of a key could not be computed.
+    #[error("{path}: cannot compute the key id")]
+    KeyId {
+        /// The key file.
+        path: PathBuf,
+        /// tough's error.
+        #[source]
+        source: Box<tough::schema::Error>,
+    },
+    /// A key id or digest that must be hex is not.
+    #[error("{what} is not hex")]
+    Hex {
+        /// What it is: `key id "…"`, `bundle digest of …`.
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: hex::FromHexError,
     },
     /// A new key could not be generated.
     #[error("cannot generate an ed25519 key for {role}")]
@@ -142,7 +161,7 @@ pub enum PublishError {
     #[error("{0}")]
     InvalidOptions(String),
     /// A bundle could not be read.
-    #[error("bundle {path}: {source}")]
+    #[error("bundle {path}")]
     Bundle {
         /// The bundle file.
         path: PathBuf,
@@ -156,6 +175,15 @@ pub enum PublishError {
         name: String,
         /// What is wrong with it.
         reason: String,
+    },
+    /// tough refuses a target name.
+    #[error("target name {name:?}")]
+    TargetNameRefused {
+        /// The name.
+        name: String,
+        /// tough's error.
+        #[source]
+        source: Box<tough::error::Error>,
     },
     /// A target of that name is already published; targets are immutable.
     #[error("target {name} is already published in targets version {targets_version}")]
@@ -181,12 +209,13 @@ pub enum PublishError {
         target: String,
     },
     /// A published target's `custom` fields are missing or malformed.
-    #[error("target {target}: custom fields: {reason}")]
+    #[error("target {target}: custom fields")]
     BadCustom {
         /// The target name.
         target: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// The key to revoke is not one of the role's keys, or none was named when several exist.
     #[error("{role}: {reason}")]
@@ -203,7 +232,7 @@ pub enum PublishError {
         what: String,
     },
     /// tough refused the repository (only from [`load_with_tough`]).
-    #[error("tough: {what}: {source}")]
+    #[error("tough: {what}")]
     Tough {
         /// What tough was doing.
         what: String,
@@ -211,8 +240,8 @@ pub enum PublishError {
         source: Box<tough::error::Error>,
     },
     /// A background task running the command failed.
-    #[error("publishing task failed: {0}")]
-    Task(String),
+    #[error("publishing task failed")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// The four top-level roles, in the order they are listed and re-signed.

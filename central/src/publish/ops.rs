@@ -186,9 +186,9 @@ fn dir_has_entries(path: &Path) -> Result<bool, PublishError> {
 fn key_id_bytes(key: &SigningKey) -> Result<Decoded<Hex>, PublishError> {
     hex::decode(key.key_id())
         .map(Decoded::from)
-        .map_err(|e| PublishError::BadKey {
-            path: key.path().to_owned(),
-            reason: format!("key id: {e}"),
+        .map_err(|source| PublishError::Hex {
+            what: format!("key id of {}", key.path().display()),
+            source,
         })
 }
 
@@ -358,7 +358,10 @@ fn check_target_name(name: &str) -> Result<TargetName, PublishError> {
             "only ASCII letters, digits, '.', '_' and '-' (target names are flat, no '/')",
         ));
     }
-    TargetName::new(name).map_err(|e| bad(&e.to_string()))
+    TargetName::new(name).map_err(|source| PublishError::TargetNameRefused {
+        name: name.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 fn clean_list(values: &[String], what: &str) -> Result<Vec<String>, PublishError> {
@@ -453,12 +456,12 @@ pub fn add_target(
     let target = Target {
         length,
         hashes: Hashes {
-            sha256: hex::decode(&sha256)
-                .map(Decoded::from)
-                .map_err(|e| PublishError::BadRepo {
-                    path: bundle_path.to_owned(),
-                    reason: format!("bundle digest: {e}"),
-                })?,
+            sha256: hex::decode(&sha256).map(Decoded::from).map_err(|source| {
+                PublishError::Hex {
+                    what: format!("bundle digest of {}", bundle_path.display()),
+                    source,
+                }
+            })?,
             _extra: HashMap::new(),
         },
         custom: custom.to_custom()?,
@@ -766,9 +769,9 @@ pub fn rotate_key(
     let revoked = resolve_revoke(role, &listed, revoke)?;
     let revoked_bytes = hex::decode(&revoked)
         .map(Decoded::<Hex>::from)
-        .map_err(|e| PublishError::Revoke {
-            role,
-            reason: format!("key id {revoked}: {e}"),
+        .map_err(|source| PublishError::Hex {
+            what: format!("{role} key id {revoked}"),
+            source,
         })?;
     let ring = KeyRing::load(keys)?;
     let unsaved = UnsavedKey::generate(role, &next_key_path(keys, role))?;

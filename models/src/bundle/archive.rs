@@ -25,7 +25,7 @@ pub fn write(entries: &[(String, &[u8])]) -> Result<Vec<u8>, BundleError> {
         header.set_entry_type(EntryType::Regular);
         header
             .set_path(path)
-            .map_err(|e| BundleError::Write(format!("entry {path}: {e}")))?;
+            .map_err(|source| write_error(format!("entry {path}"), source))?;
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(0);
@@ -34,11 +34,19 @@ pub fn write(entries: &[(String, &[u8])]) -> Result<Vec<u8>, BundleError> {
         header.set_cksum();
         builder
             .append(&header, *data)
-            .map_err(|e| BundleError::Write(format!("entry {path}: {e}")))?;
+            .map_err(|source| write_error(format!("entry {path}"), source))?;
     }
     builder
         .into_inner()
-        .map_err(|e| BundleError::Write(e.to_string()))
+        .map_err(|source| write_error("the archive's end".to_owned(), source))
+}
+
+fn write_error(part: String, source: std::io::Error) -> BundleError {
+    BundleError::Write { part, source }
+}
+
+fn unreadable(part: String) -> impl FnOnce(std::io::Error) -> BundleError {
+    move |source| BundleError::Unreadable { part, source }
 }
 
 /// Reads every entry of a tar archive held in memory, in archive order.
@@ -55,14 +63,13 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
     let mut archive = Archive::new(Cursor::new(bytes));
     let entries = archive
         .entries()
-        .map_err(|e| BundleError::NotABundle(e.to_string()))?;
+        .map_err(unreadable("its list of entries".to_owned()))?;
     let mut out: Vec<(String, Vec<u8>)> = Vec::new();
     for entry in entries {
-        let mut entry =
-            entry.map_err(|e| BundleError::NotABundle(format!("bad tar entry: {e}")))?;
+        let mut entry = entry.map_err(unreadable(format!("entry {}", out.len() + 1)))?;
         let path = entry
             .path()
-            .map_err(|e| BundleError::NotABundle(format!("bad entry name: {e}")))?
+            .map_err(unreadable(format!("the name of entry {}", out.len() + 1)))?
             .to_string_lossy()
             .into_owned();
         if entry.header().entry_type() != EntryType::Regular {
@@ -74,7 +81,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
         let size = entry
             .header()
             .size()
-            .map_err(|e| BundleError::NotABundle(format!("entry {path}: {e}")))?;
+            .map_err(unreadable(format!("the size of entry {path}")))?;
         if size > MAX_ENTRY_BYTES {
             return Err(BundleError::NotABundle(format!(
                 "entry {path} claims {size} bytes, more than {MAX_ENTRY_BYTES}"
@@ -93,7 +100,7 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
         let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         entry
             .read_to_end(&mut data)
-            .map_err(|e| BundleError::NotABundle(format!("entry {path} is cut short: {e}")))?;
+            .map_err(unreadable(format!("entry {path}, cut short")))?;
         if data.len() as u64 != size {
             return Err(BundleError::NotABundle(format!(
                 "entry {path} is cut short: {} of {size} bytes",

@@ -29,16 +29,26 @@ pub const MAX_BUNDLE_BYTES: u64 = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{}", path.display())]
     Io {
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
+        #[source]
         source: std::io::Error,
     },
     /// The bytes are not a bundle at all, or are cut short.
     #[error("not a model bundle: {0}")]
     NotABundle(String),
+    /// A part of the archive could not be read.
+    #[error("not a model bundle: cannot read {part}")]
+    Unreadable {
+        /// The part: an entry, its name or size, the list of entries.
+        part: String,
+        /// The archive reader's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The archive holds an entry a bundle never has.
     #[error("not a model bundle: unexpected entry {0:?}")]
     UnexpectedEntry(String),
@@ -46,8 +56,8 @@ pub enum BundleError {
     #[error("bundle has no {0}")]
     Missing(String),
     /// The manifest is unreadable or inconsistent.
-    #[error("bundle manifest: {0}")]
-    Manifest(ManifestError),
+    #[error("bundle manifest")]
+    Manifest(#[source] ManifestError),
     /// A part does not match the digest the manifest records.
     #[error("{part} was altered: manifest records sha256 {expected}, content has {actual}")]
     DigestMismatch {
@@ -62,8 +72,14 @@ pub enum BundleError {
     #[error("golden samples {0:?} and {1:?} have the same file name")]
     GoldenNameClash(String, String),
     /// The archive could not be written.
-    #[error("cannot write bundle: {0}")]
-    Write(String),
+    #[error("cannot write bundle: {part}")]
+    Write {
+        /// The part being written: an entry or the archive's end.
+        part: String,
+        /// The archive writer's error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<ManifestError> for BundleError {

@@ -151,7 +151,7 @@ async fn python_tuf_root_rotation_loads_and_its_attack_helpers_are_refused_by_to
     publisher(&py.args("resign-timestamp", &["--expires-seconds", "-60"]));
     let err = py.load().await.expect_err("expired timestamp accepted");
     assert!(
-        err.to_string().contains("timestamp metadata is expired"),
+        defect_shared::error_chain::chain(&err).contains("timestamp metadata is expired"),
         "{err}"
     );
     publisher(&py.args("resign-timestamp", &[]));

@@ -19,19 +19,10 @@ pub fn print(text: &str) {
     }
 }
 
-/// Prints an error and its causes, skipping a cause whose text the previous message already
-/// contains, so no sentence appears twice.
+/// Prints an error and its causes, each once (`defect_shared::error_chain`).
 pub fn error(err: &anyhow::Error) {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    eprintln!("model-bundle: error: {line}");
+    eprintln!(
+        "model-bundle: error: {}",
+        defect_shared::error_chain::line(err.chain())
+    );
 }

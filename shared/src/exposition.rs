@@ -1,5 +1,3 @@
-//! # defect-exposition
-//!
 //! What `GET /metrics` answers, for both daemons (`defect-agent run` and `model-updater run`).
 //!
 //! Each daemon registers its metrics in a `prometheus-client` [`Registry`], which encodes
@@ -9,10 +7,8 @@
 //! `info` families become gauges named `…_info`, `unknown` becomes `untyped`, and the
 //! OpenMetrics-only `# UNIT` and `# EOF` lines are left out.
 //!
-//! This crate owns that content negotiation and conversion. It owns no metric, no listener and
-//! no HTTP framework: each daemon registers its own metrics and serves the answer.
-
-#![forbid(unsafe_code)]
+//! This module owns that content negotiation and conversion. It owns no metric and no HTTP
+//! framework: each daemon registers its own metrics; [`crate::metrics_listener`] serves them.
 
 use prometheus_client::registry::Registry;
 

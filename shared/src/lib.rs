@@ -1,0 +1,29 @@
+//! # defect-shared
+//!
+//! What both daemons (`defect-agent` and `model-updater`) and the `model-bundle` tool would
+//! otherwise each write for themselves. Each module has one job:
+//!
+//! - [`atomic`]: crash-safe replacement of small files (temporary file, fsync, rename, fsync of
+//!   the folder).
+//! - [`config_report`]: a configuration's problems, each by key, and the exit code 78.
+//! - [`error_chain`]: an error and its causes on one line, each cause once.
+//! - [`logging`] (feature `logging`): the `tracing` set-up of the binaries.
+//! - [`exposition`] (feature `metrics`): what `GET /metrics` answers, OpenMetrics or the
+//!   classic Prometheus text by content negotiation.
+//! - [`metrics_listener`] (feature `metrics`): the `[metrics]` listener, `/metrics`, `/healthz`
+//!   and `/readyz`.
+//!
+//! It owns no metric, no configuration key and no error type of the daemons: those stay with
+//! the daemon they describe. `defect-models` uses it without features (only [`atomic`]).
+
+#![forbid(unsafe_code)]
+
+pub mod atomic;
+pub mod config_report;
+pub mod error_chain;
+#[cfg(feature = "metrics")]
+pub mod exposition;
+#[cfg(feature = "logging")]
+pub mod logging;
+#[cfg(feature = "metrics")]
+pub mod metrics_listener;
