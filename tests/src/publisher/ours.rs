@@ -181,7 +181,13 @@ impl Publisher for OwnRepo {
     }
 
     fn rotate_key(&self, role: Role) {
-        self.rotate(role.name(), &[]);
+        if role == Role::Root {
+            // Root has three keys: the rotation names the one it replaces.
+            let revoked = self.keys.join("root-2.pk8").display().to_string();
+            self.rotate(role.name(), &["--revoke", &revoked]);
+        } else {
+            self.rotate(role.name(), &[]);
+        }
     }
 
     fn steal(&self) -> Self {

@@ -161,7 +161,7 @@ async fn python_tuf_root_rotation_loads_and_its_attack_helpers_are_refused_by_to
     publisher(&py.args("sign-root-below-threshold", &["--replace-role", "targets"]));
     let err = py.load().await.expect_err("root below threshold accepted");
     assert!(
-        err.to_string()
+        defect_shared::error_chain::chain(&err)
             .contains("Signature threshold of 2 not met for role root"),
         "{err}"
     );
