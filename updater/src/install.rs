@@ -105,8 +105,13 @@ pub fn stage(store: &Store, bytes: Vec<u8>, release: &Release) -> Result<ModelRe
     Ok(found)
 }
 
-/// Starts the trial of a staged bundle: records it (and raises the model floor) durably, then
-/// makes it `current`.
+/// Starts the trial of a staged bundle: records it, then raises the model floor, both durably,
+/// then makes it `current`.
+///
+/// The trial is recorded first: a crash between the two writes leaves a recorded trial that
+/// the next start resumes (the floor follows from the store once the bundle is `current`).
+/// The other order left a floor naming a version that was never installed, and that version
+/// was skipped as already installed ever after.
 pub fn start_trial(
     store: &Store,
     state_file: &StateFile,
@@ -116,10 +121,7 @@ pub fn start_trial(
     now_ms: u64,
     timeout_ms: u64,
 ) -> Result<(), InstallError> {
-    let (_, evidence) = survey(store);
-    let mut floor = trust.load_floor(&evidence)?.floor;
-    floor.raise_model_version(&candidate.model, candidate.model_version);
-    trust.save_floor(&floor)?;
+    let (model, model_version) = (candidate.model.clone(), candidate.model_version);
     state.trial = Some(Trial {
         candidate,
         restore_current: store.pointer(Pointer::Current)?,
@@ -129,6 +131,10 @@ pub fn start_trial(
         phase: TrialPhase::Running,
     });
     state_file.save(state)?;
+    let (_, evidence) = survey(store);
+    let mut floor = trust.load_floor(&evidence)?.floor;
+    floor.raise_model_version(&model, model_version);
+    trust.save_floor(&floor)?;
     apply_trial(store, state)
 }
 
@@ -287,4 +293,54 @@ pub fn collect_garbage(store: &Store, state: &UpdaterState) -> usize {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHIPPED: &[u8] = include_bytes!("../../models/shipped/surface-classifier.dmb");
+
+    #[test]
+    fn a_trial_that_could_not_be_recorded_leaves_the_model_floor_where_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let sha = store.add(SHIPPED).expect("add");
+        store.set_pointer(Pointer::Current, &sha).expect("current");
+        let trust = TrustStore::open(&dir.path().join("state")).expect("trust");
+        let (current, evidence) = survey(&store);
+        let current = current.expect("current bundle");
+        let before = trust
+            .load_floor(&evidence)
+            .expect("floor")
+            .floor
+            .model_version(&current.model);
+        // The state file's folder does not exist: recording the trial fails, as it would if
+        // the updater died before the write.
+        let state_file = StateFile::new(&dir.path().join("missing"));
+        let mut state = UpdaterState::default();
+        let candidate = ModelRef {
+            model_version: current.model_version + 4,
+            ..current.clone()
+        };
+        let started = start_trial(
+            &store,
+            &state_file,
+            &mut state,
+            &trust,
+            candidate,
+            0,
+            60_000,
+        );
+        assert!(started.is_err(), "the trial was recorded");
+        let after = trust
+            .load_floor(&evidence)
+            .expect("floor")
+            .floor
+            .model_version(&current.model);
+        assert_eq!(
+            after, before,
+            "the floor names a model_version that was never installed"
+        );
+    }
 }
