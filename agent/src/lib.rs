@@ -36,7 +36,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod canary;
+pub(crate) mod canary;
 pub mod capture;
 pub mod classify;
 pub mod config;
@@ -45,11 +45,11 @@ pub mod demo;
 pub mod embedded;
 pub mod forward;
 pub mod health;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod monitor;
-pub mod mqtt;
+pub(crate) mod mqtt;
 pub mod outcome;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod result_log;
 pub mod serving;
-pub mod sources;
+pub(crate) mod sources;

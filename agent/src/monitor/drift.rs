@@ -258,11 +258,6 @@ impl DriftDetector {
         self.drifting
     }
 
-    /// Frames in the window.
-    pub fn frames(&self) -> usize {
-        self.window.len()
-    }
-
     /// Adds a frame; returns a report when a full window is due for evaluation.
     pub fn observe(&mut self, stats: &FrameStats) -> Option<DriftReport> {
         let indices: Vec<usize> = self

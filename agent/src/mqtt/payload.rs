@@ -73,11 +73,6 @@ impl Topics {
         format!("{}/+/line", self.prefix)
     }
 
-    /// The prefix every topic starts with.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// The station of a line-state topic `<prefix>/<station>/line`.
     pub fn line_station<'t>(&self, topic: &'t str) -> Option<&'t str> {
         let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;

@@ -344,3 +344,61 @@ pub(crate) fn no_decision_outcome(
 pub(crate) fn elapsed_ms(since: Instant) -> u32 {
     u32::try_from(since.elapsed().as_millis()).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(part: u64) -> FrameJob {
+        FrameJob {
+            station: "cam1".into(),
+            part,
+            acquired_ms: 0,
+            bytes: vec![0xff, 0xd8],
+            completion: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_submitted_after_close_gets_shutting_down_at_once() {
+        let metrics = Arc::new(PipelineMetrics::new(["cam1"]));
+        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), metrics);
+        pipeline.close();
+        pipeline.submit(job(7));
+        let emitted = parts.outcomes.try_recv().expect("an outcome at once");
+        assert_eq!(emitted.outcome.part, 7);
+        assert_eq!(
+            emitted.outcome.reason(),
+            Some(NoDecisionReason::ShuttingDown)
+        );
+        assert!(parts.queue.try_recv().is_err(), "the frame was queued");
+    }
+
+    #[tokio::test]
+    async fn drained_resolves_when_the_last_frame_in_flight_is_finished() {
+        let metrics = Arc::new(PipelineMetrics::new(["cam1"]));
+        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), metrics);
+        pipeline.drained().await;
+        pipeline.submit(job(1));
+        pipeline.submit(job(2));
+        assert_eq!(pipeline.in_flight(), 2);
+        let waiter = tokio::spawn({
+            let pipeline = pipeline.clone();
+            async move { pipeline.drained().await }
+        });
+        for _ in 0..2 {
+            let queued = parts.queue.try_recv().expect("queued");
+            pipeline.no_decision(&queued.ticket, NoDecisionReason::NoModel, None);
+            let emitted = parts.outcomes.recv().await.expect("emitted");
+            assert_eq!(emitted.outcome.reason(), Some(NoDecisionReason::NoModel));
+            assert!(!waiter.is_finished() || pipeline.in_flight() == 0);
+            pipeline.finished();
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("drained resolved")
+            .expect("waiter");
+        assert_eq!(pipeline.in_flight(), 0);
+        pipeline.stop_timers();
+    }
+}

@@ -106,7 +106,6 @@ impl OutputStage {
             deadline,
             times,
             stats,
-            logged,
         };
         for sink in &self.sinks {
             sink.outcome(&outcome, &delivery);

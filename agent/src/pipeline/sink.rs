@@ -18,9 +18,6 @@ pub struct Delivery {
     pub times: FrameTimes,
     /// The frame's input statistics, when the model ran on it.
     pub stats: Option<FrameStats>,
-    /// Whether the outcome is in the result log (false only when the log could not be
-    /// written; the outcome is still delivered live).
-    pub logged: bool,
 }
 
 /// A receiver of outcomes.

@@ -31,11 +31,6 @@ impl Workers {
         self.threads.len()
     }
 
-    /// Whether no thread runs.
-    pub fn is_empty(&self) -> bool {
-        self.threads.is_empty()
-    }
-
     /// Stops the threads once the frames queued now are done, and waits for them to end.
     /// Blocking: call it from a blocking context.
     pub fn stop_and_join(mut self) {
