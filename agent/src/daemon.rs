@@ -174,11 +174,10 @@ pub async fn run(
             canary.register_metrics(&mut registry);
         }
         let readiness = Arc::clone(&health);
-        let (address, listener, router) =
-            metrics::bind(&section.listen, registry, move || readiness.ready()).await?;
-        metrics_address = Some(address);
+        let listener = metrics::bind(&section.listen, registry, move || readiness.ready()).await?;
+        metrics_address = Some(listener.local_addr());
         let mut stopped = metrics_stopped;
-        metrics_task = Some(tokio::spawn(metrics::serve(listener, router, async move {
+        metrics_task = Some(tokio::spawn(listener.serve(async move {
             let _ = stopped.wait_for(|s| *s).await;
         })));
     }

@@ -1,24 +1,17 @@
-//! The Prometheus listener: `GET /metrics`, `/healthz` and `/readyz`.
+//! The agent's Prometheus endpoint: `GET /metrics`, `/healthz` and `/readyz`.
 //!
-//! This module owns the `[metrics]` listener and the `defect_agent_` prefix of every metric
-//! name. It owns no metric: each component registers its own families and collectors in the
-//! [`Registry`] made by [`registry`] (the pipeline its frame counts and stage times, the MQTT
-//! session its latencies, the result log, the model slot, health, monitoring, capture and the
-//! canary what they keep), and the daemon hands that registry to [`bind`]. `/healthz` says the
-//! process answers; `/readyz` is 200 only while the readiness it is given holds (the
-//! heartbeat's `ready`). The text formats and their negotiation come from
-//! `defect_shared::exposition`.
+//! This module owns the `defect_agent_` prefix of every metric name and the agent's side of
+//! the shared listener (`defect_shared::metrics_listener`). It owns no metric: each component
+//! registers its own families and collectors in the [`Registry`] made by [`registry`] (the
+//! pipeline its frame counts and stage times, the MQTT session its latencies, the result log,
+//! the model slot, health, monitoring, capture and the canary what they keep), and the daemon
+//! hands that registry to [`bind`]. `/healthz` says the process answers; `/readyz` is 200 only
+//! while the readiness it is given holds (the heartbeat's `ready`).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use defect_shared::exposition::Format;
+use defect_shared::metrics_listener::{Endpoint, MetricsListener};
 use prometheus_client::registry::Registry;
+
+pub use defect_shared::metrics_listener::BindError as MetricsError;
 
 /// Prefix of every metric name.
 const PREFIX: &str = "defect_agent";
@@ -29,82 +22,34 @@ pub fn registry() -> Registry {
     Registry::with_prefix(PREFIX)
 }
 
-/// Why the metrics listener could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("metrics.listen {address}: {source}")]
-pub struct MetricsError {
-    /// The configured address.
-    pub address: String,
-    /// The socket error.
-    pub source: std::io::Error,
+/// The agent's registry and its readiness, as the listener serves them.
+struct AgentEndpoint {
+    registry: Registry,
+    ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
-/// Whether the agent is ready, asked on every `/readyz`.
-type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+impl Endpoint for AgentEndpoint {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
 
-#[derive(Clone)]
-struct AppState {
-    registry: Arc<Registry>,
-    ready: Readiness,
+    fn ready(&self) -> bool {
+        (self.ready)()
+    }
 }
 
-/// Binds the metrics listener; the returned router serves `registry` on `/metrics`, and
-/// `/healthz` and `/readyz` (200 while `ready` says so, 503 otherwise).
+/// Binds the metrics listener for `registry`; `/readyz` answers 200 while `ready` says so,
+/// 503 otherwise.
 pub async fn bind(
     listen: &str,
     registry: Registry,
     ready: impl Fn() -> bool + Send + Sync + 'static,
-) -> Result<(SocketAddr, tokio::net::TcpListener, Router), MetricsError> {
-    let error = |source| MetricsError {
-        address: listen.to_owned(),
-        source,
+) -> Result<MetricsListener, MetricsError> {
+    let endpoint = AgentEndpoint {
+        registry,
+        ready: Box::new(ready),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(error)?;
-    let address = listener.local_addr().map_err(error)?;
-    let router = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(AppState {
-            registry: Arc::new(registry),
-            ready: Arc::new(ready),
-        });
-    tracing::info!(%address, "metrics listening");
-    Ok((address, listener, router))
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    if let Err(error) = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(%error, "metrics server failed");
-    }
-}
-
-async fn scrape(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = Format::negotiate(accept);
-    match defect_shared::exposition::render(&state.registry, format) {
-        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "metrics scrape failed");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
-        }
-    }
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if (state.ready)() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
-    }
+    MetricsListener::bind(listen, endpoint).await
 }
 
 #[cfg(test)]
@@ -112,6 +57,11 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use prometheus_client::metrics::counter::Counter;
+
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use axum::http::header;
 
     use super::*;
 
@@ -141,13 +91,14 @@ mod tests {
         registry.register("frames", "Frames", frames);
         let ready = Arc::new(AtomicBool::new(false));
         let readiness = Arc::clone(&ready);
-        let (address, listener, router) = bind("127.0.0.1:0", registry, move || {
+        let listener = bind("127.0.0.1:0", registry, move || {
             readiness.load(Ordering::Relaxed)
         })
         .await
         .expect("bind");
+        let address = listener.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, async move {
+        let server = tokio::spawn(listener.serve(async move {
             let _ = stopped.await;
         }));
 
