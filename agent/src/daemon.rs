@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -155,7 +154,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     let stops = Stops::default();
     // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
-    let (stop_metrics, metrics_stopped) = watch::channel(false);
+    let stop_metrics = CancellationToken::new();
     let mut metrics_address = None;
     let mut metrics_task = None;
     if let Some(section) = &config.metrics {
@@ -176,10 +175,9 @@ pub async fn run(
         let readiness = Arc::clone(&health);
         let listener = metrics::bind(&section.listen, registry, move || readiness.ready()).await?;
         metrics_address = Some(listener.local_addr());
-        let mut stopped = metrics_stopped;
-        metrics_task = Some(tokio::spawn(listener.serve(async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        })));
+        metrics_task = Some(tokio::spawn(
+            listener.serve(stop_metrics.clone().cancelled_owned()),
+        ));
     }
 
     let report = config.agent.model_health_file.as_deref();
@@ -211,35 +209,23 @@ pub async fn run(
     };
     let output = tokio::spawn(output.run(parts.outcomes, stops.output.clone()));
 
-    if let (ModelSource::Store(root), Some(canary)) = (&model, &canary) {
-        let watch = serving::watch_store(
-            root.clone(),
+    spawn_background(
+        Background {
+            config: &config,
+            model: &model,
             watch_start,
-            config.agent.model_health_file.clone(),
-            Duration::from_millis(config.agent.model_poll_ms),
-            Arc::clone(&slot),
-            Arc::clone(&health),
-            publisher.clone(),
-            Arc::clone(canary) as Arc<dyn serving::CandidateObserver>,
-        );
-        spawn_until(&tasks, &stops.background, watch);
-        let (evidence, topic) = (publisher.clone(), publisher.topics().canary());
-        let publish = crate::canary::publish(Arc::clone(canary), move |bytes| {
-            evidence.retained(topic.clone(), bytes);
-        });
-        spawn_until(&tasks, &stops.background, publish);
-    }
-    spawn_until(&tasks, &stops.background, retention(log.clone()));
-    if let (Some(capture), Some(upload)) = (
-        &capture,
-        capture_settings.as_ref().and_then(|s| s.upload.clone()),
-    ) {
-        let upload = crate::capture::upload::run(Arc::clone(capture.shared()), upload);
-        spawn_until(&tasks, &stops.background, upload);
-    }
+            slot: &slot,
+            health: &health,
+            publisher: &publisher,
+            canary: canary.as_ref(),
+            log: &log,
+            capture: capture.as_ref(),
+            pipeline: &pipeline,
+        },
+        &tasks,
+        &stops.background,
+    );
     drop(capture);
-    let watchdog = watchdog(pipeline.clone(), Arc::clone(&health));
-    spawn_until(&tasks, &stops.background, watchdog);
 
     let (sources, http_address) = frame_sources(&config, &health).await?;
     for source in sources {
@@ -276,7 +262,7 @@ pub async fn run(
         tracing::error!(%error, "cannot flush the result log at shutdown");
     }
     // Scrapes are answered to the end of the drain.
-    let _ = stop_metrics.send(true);
+    stop_metrics.cancel();
     if let Some(task) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
@@ -381,6 +367,63 @@ async fn frame_sources(
         sources.push(Box::new(upload));
     }
     Ok((sources, address))
+}
+
+/// What the background work is made from.
+struct Background<'a> {
+    config: &'a Config,
+    model: &'a ModelSource,
+    watch_start: serving::WatchStart,
+    slot: &'a Arc<ModelSlot>,
+    health: &'a Arc<Health>,
+    publisher: &'a Publisher,
+    canary: Option<&'a Arc<Canary>>,
+    log: &'a ResultLog,
+    capture: Option<&'a Capture>,
+    pipeline: &'a Pipeline,
+}
+
+/// Starts the background work on `tasks`, until `stop`: the model store's watcher and the
+/// canary's evidence (with a model store), the result log's retention, the capture upload
+/// (when configured) and the systemd watchdog.
+fn spawn_background(work: Background<'_>, tasks: &TaskTracker, stop: &CancellationToken) {
+    let Background {
+        config,
+        model,
+        watch_start,
+        slot,
+        health,
+        publisher,
+        canary,
+        log,
+        capture,
+        pipeline,
+    } = work;
+    if let (ModelSource::Store(root), Some(canary)) = (model, canary) {
+        let watch = serving::watch_store(
+            root.clone(),
+            watch_start,
+            config.agent.model_health_file.clone(),
+            Duration::from_millis(config.agent.model_poll_ms),
+            Arc::clone(slot),
+            Arc::clone(health),
+            publisher.clone(),
+            Arc::clone(canary) as Arc<dyn serving::CandidateObserver>,
+        );
+        spawn_until(tasks, stop, watch);
+        let (evidence, topic) = (publisher.clone(), publisher.topics().canary());
+        let publish = crate::canary::publish(Arc::clone(canary), move |bytes| {
+            evidence.retained(topic.clone(), bytes);
+        });
+        spawn_until(tasks, stop, publish);
+    }
+    spawn_until(tasks, stop, retention(log.clone()));
+    let upload = config.capture_settings().and_then(|s| s.upload);
+    if let (Some(capture), Some(upload)) = (capture, upload) {
+        let upload = crate::capture::upload::run(Arc::clone(capture.shared()), upload);
+        spawn_until(tasks, stop, upload);
+    }
+    spawn_until(tasks, stop, watchdog(pipeline.clone(), Arc::clone(health)));
 }
 
 /// Spawns `work` on `tasks`; it ends when `stop` is cancelled.
