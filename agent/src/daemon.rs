@@ -12,6 +12,7 @@
 //! the stop (sources, then output, then background work) and one task tracker, and waits for
 //! the tracked tasks to end instead of aborting them.
 
+use defect_shared::error_chain::Chain;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
@@ -259,7 +260,7 @@ pub async fn run(
     .await;
     publisher.shutdown().await;
     if let Err(error) = log.sync() {
-        tracing::error!(%error, "cannot flush the result log at shutdown");
+        tracing::error!(error = %Chain(&error), "cannot flush the result log at shutdown");
     }
     // Scrapes are answered to the end of the drain.
     stop_metrics.cancel();
@@ -493,11 +494,11 @@ async fn drain(drain: Drain) {
     })
     .await;
     if let Err(error) = joined {
-        tracing::error!(%error, "cannot join the worker threads");
+        tracing::error!(error = %Chain(&error), "cannot join the worker threads");
     }
     stops.output.cancel();
     if let Err(error) = output.await {
-        tracing::error!(%error, "the output stage failed");
+        tracing::error!(error = %Chain(&error), "the output stage failed");
     }
     stops.background.cancel();
     tasks.close();
@@ -530,8 +531,8 @@ async fn start_model(
             Ok(serving::WatchStart::default())
         }
         Err(error) if matches!(model, ModelSource::Store(_)) => {
-            tracing::error!(%error, "the model store's current bundle is unusable; serving the shipped bundle");
-            publisher.model_error(Some(error.to_string()));
+            tracing::error!(error = %Chain(&error), "the model store's current bundle is unusable; serving the shipped bundle");
+            publisher.model_error(Some(Chain(&error).to_string()));
             serving::load_initial(&ModelSource::Shipped, None, slot, health, publisher).await?;
             Ok(serving::WatchStart {
                 serving: None,
@@ -558,7 +559,7 @@ fn client_id(config: &Config) -> String {
 
 fn notify_systemd(states: &[sd_notify::NotifyState]) {
     if let Err(error) = sd_notify::notify(false, states) {
-        tracing::debug!(%error, "systemd notification not sent");
+        tracing::debug!(error = %Chain(&error), "systemd notification not sent");
     }
 }
 
@@ -595,8 +596,12 @@ async fn retention(log: ResultLog) {
         match tokio::task::spawn_blocking(move || log.enforce_retention(now)).await {
             // The log itself reports what it dropped.
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "result log retention failed"),
-            Err(error) => tracing::error!(%error, "result log retention task failed"),
+            Ok(Err(error)) => {
+                tracing::error!(error = %Chain(&error), "result log retention failed")
+            }
+            Err(error) => {
+                tracing::error!(error = %Chain(&error), "result log retention task failed")
+            }
         }
     }
 }

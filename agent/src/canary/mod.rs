@@ -13,6 +13,7 @@
 
 pub mod shadow;
 
+use defect_shared::error_chain::Chain;
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::path::PathBuf;
@@ -344,7 +345,7 @@ pub async fn publish(canary: Arc<Canary>, report: impl Fn(Vec<u8>) + Send) {
             })
             .await;
             if let Ok(Err(error)) = written {
-                tracing::warn!(%error, "cannot write the canary evidence file");
+                tracing::warn!(error = %Chain(&error), "cannot write the canary evidence file");
             }
         }
     }

@@ -6,6 +6,7 @@
 //! two models disagree it leaves the candidate's result on the frame for the hooks after it
 //! (data capture keeps such frames).
 
+use defect_shared::error_chain::Chain;
 use std::sync::Arc;
 
 use defect_models::{Classifier, DecodeOptions, Model};
@@ -48,7 +49,7 @@ impl ShadowRun {
                     self.classifier = Some(classifier);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot start the candidate's classifier");
+                    tracing::warn!(error = %Chain(&error), "cannot start the candidate's classifier");
                     self.canary.candidate_failed();
                     return None;
                 }
@@ -77,7 +78,7 @@ impl FrameHook for ShadowRun {
         let result = match classifier.classify_bytes(&frame.bytes) {
             Ok(result) => result,
             Err(error) => {
-                tracing::debug!(%error, "the candidate failed on a frame");
+                tracing::debug!(error = %Chain(&error), "the candidate failed on a frame");
                 canary.candidate_failed();
                 return;
             }

@@ -8,6 +8,7 @@
 //! publishes, advancing the log's delivered cursor only on the broker's acknowledgements.
 //! It runs as one task; other components talk to it through a cloneable [`Publisher`].
 
+use defect_shared::error_chain::Chain;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -382,7 +383,7 @@ impl Session {
         let Some(inbox) = &self.inbox else { return };
         for filter in &inbox.filters {
             if let Err(error) = self.link.try_subscribe(filter) {
-                tracing::warn!(%error, "subscription not queued");
+                tracing::warn!(error = %Chain(&error), "subscription not queued");
             }
         }
     }
@@ -423,7 +424,7 @@ impl Session {
                 true
             }
             Err(error) => {
-                tracing::warn!(%error, "publish not queued");
+                tracing::warn!(error = %Chain(&error), "publish not queued");
                 false
             }
         }
@@ -485,7 +486,7 @@ impl Session {
         let pending = match self.log.undelivered(RESULTS_WINDOW * 2) {
             Ok(pending) => pending,
             Err(error) => {
-                tracing::error!(%error, "cannot read the result log; results are not forwarded");
+                tracing::error!(error = %Chain(&error), "cannot read the result log; results are not forwarded");
                 return;
             }
         };
@@ -521,7 +522,7 @@ impl Session {
             return;
         }
         if let Err(error) = self.log.mark_delivered(delivered) {
-            tracing::error!(%error, seq = delivered, "cannot record delivered results");
+            tracing::error!(error = %Chain(&error), seq = delivered, "cannot record delivered results");
         }
     }
 }

@@ -6,6 +6,7 @@
 //! file removed). Late model results are logged and handed to the sinks for the record, never
 //! completed again.
 
+use defect_shared::error_chain::Chain;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -73,11 +74,11 @@ impl OutputStage {
                     true
                 }
                 Ok((Err(error), _)) => {
-                    tracing::error!(%error, frames = batch.len(), "cannot write the result log; outcomes published but not kept");
+                    tracing::error!(error = %Chain(&error), frames = batch.len(), "cannot write the result log; outcomes published but not kept");
                     false
                 }
                 Err(error) => {
-                    tracing::error!(%error, "result log writer failed");
+                    tracing::error!(error = %Chain(&error), "result log writer failed");
                     false
                 }
             };

@@ -8,6 +8,7 @@
 //! calls its hooks (`hooks`: the canary's shadow run, data capture) on the decided frame.
 //! The threads end when the pipeline's workers are stopped, and are joined.
 
+use defect_shared::error_chain::Chain;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -148,11 +149,11 @@ impl Worker {
         let classifier = match self.classifier_for(&model) {
             Ok(classifier) => classifier,
             Err(error) => {
-                tracing::error!(model = %model.manifest().name, %error, "cannot start the classifier");
+                tracing::error!(model = %model.manifest().name, error = %Chain(&error), "cannot start the classifier");
                 self.pipeline.no_decision(
                     &ticket,
                     NoDecisionReason::InferenceError,
-                    Some(error.to_string()),
+                    Some(Chain(&error).to_string()),
                 );
                 return;
             }
@@ -166,9 +167,9 @@ impl Worker {
                     }
                     ClassifyError::Inference(_) => NoDecisionReason::InferenceError,
                 };
-                tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), %error, "no decision");
+                tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), error = %Chain(&error), "no decision");
                 self.pipeline
-                    .no_decision(&ticket, reason, Some(error.to_string()));
+                    .no_decision(&ticket, reason, Some(Chain(&error).to_string()));
                 return;
             }
         };

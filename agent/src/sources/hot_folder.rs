@@ -7,6 +7,7 @@
 //! removes or moves the file only once its outcome is in the result log. Files already in the
 //! folder at start-up are decided too, oldest name first.
 
+use defect_shared::error_chain::Chain;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -280,7 +281,7 @@ impl Station {
             match tokio::fs::read(&path).await {
                 Ok(bytes) => bytes,
                 Err(error) => {
-                    tracing::warn!(station = %self.id, file = %path.display(), %error, "cannot read frame file");
+                    tracing::warn!(station = %self.id, file = %path.display(), error = %Chain(&error), "cannot read frame file");
                     Vec::new()
                 }
             }
@@ -330,7 +331,7 @@ impl Station {
                     _ => std::fs::remove_file(&path),
                 };
                 if let Err(error) = result {
-                    tracing::warn!(station = %station, file = %path.display(), %error, "cannot remove decided frame file");
+                    tracing::warn!(station = %station, file = %path.display(), error = %Chain(&error), "cannot remove decided frame file");
                 }
             }
             if let Ok(mut taken) = taken.lock() {

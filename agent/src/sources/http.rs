@@ -6,6 +6,7 @@
 //! It also serves `GET /healthz` (the process answers) and `GET /readyz` (the pipeline is
 //! ready, as in the heartbeat).
 
+use defect_shared::error_chain::Chain;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -141,7 +142,7 @@ impl FrameSource for HttpUpload {
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
             {
-                tracing::error!(%error, "HTTP server failed");
+                tracing::error!(error = %Chain(&error), "HTTP server failed");
             }
         });
     }
