@@ -27,8 +27,6 @@
 //!   upload to the central server, the export for training scripts.
 //! - [`classify`]: the one-shot `defect-agent classify FILE...` command.
 //! - [`demo`]: `defect-agent demo`: the whole path on a fresh machine, with an embedded broker.
-//! - [`forward`]: the deprecated `defect-agent capture-server`, which runs
-//!   `defect-central capture-server`.
 //!
 //! Model packaging, loading and inference live in the `defect-models` crate. The central
 //! receiver of captured frames lives in the `defect-central` crate, so an edge box does not
@@ -43,7 +41,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod embedded;
-pub mod forward;
 pub mod health;
 pub(crate) mod metrics;
 pub mod monitor;

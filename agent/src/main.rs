@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use defect_agent::config::Config;
 use defect_agent::serving::ModelSource;
-use defect_agent::{capture, classify, daemon, demo, embedded, forward};
+use defect_agent::{capture, classify, daemon, demo, embedded};
 use defect_models::{Bundle, gate};
 use defect_shared::config_report::EXIT_CONFIG;
 use defect_shared::error_chain;
+use defect_shared::forward;
 use defect_shared::logging::init as init_logging;
 
 #[derive(Parser)]

@@ -7,6 +7,8 @@
 //!   the folder).
 //! - [`config_report`]: a configuration's problems, each by key, and the exit code 78.
 //! - [`error_chain`]: an error and its causes on one line, each cause once.
+//! - [`forward`]: the deprecated command names (`defect-agent capture-server`,
+//!   `model-updater repo`) running `defect-central` in their place, for one release.
 //! - [`logging`] (feature `logging`): the `tracing` set-up of the binaries.
 //! - [`exposition`] (feature `metrics`): what `GET /metrics` answers, OpenMetrics or the
 //!   classic Prometheus text by content negotiation.
@@ -23,6 +25,7 @@ pub mod config_report;
 pub mod error_chain;
 #[cfg(feature = "metrics")]
 pub mod exposition;
+pub mod forward;
 #[cfg(feature = "logging")]
 pub mod logging;
 #[cfg(feature = "metrics")]

@@ -24,7 +24,6 @@
 //! - [`metrics`]: Prometheus metrics read from the status board (served by
 //!   `defect_shared::metrics_listener`).
 //! - [`service`]: one update cycle and the daemon loop.
-//! - [`forward`]: the deprecated `model-updater repo`, which runs `defect-central repo`.
 
 #![forbid(unsafe_code)]
 
@@ -32,7 +31,6 @@ pub mod canary;
 pub mod clock;
 pub mod config;
 pub mod download;
-pub mod forward;
 pub mod install;
 pub mod json_file;
 pub mod metrics;

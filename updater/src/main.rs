@@ -158,7 +158,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Err(code) => code,
         }),
-        Command::Repo { args } => Ok(model_updater::forward::to_central(
+        Command::Repo { args } => Ok(defect_shared::forward::to_central(
             "model-updater",
             "repo",
             &args,
