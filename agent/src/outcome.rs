@@ -374,6 +374,48 @@ pub struct FrameTimes {
     pub decided: tokio::time::Instant,
 }
 
+/// Outcomes for the unit tests of the modules that take them.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::*;
+
+    /// An outcome of part 1 at station `cam1`, decided by model_version 1 with `label` (class
+    /// 0), or a "no decision" when `result` says so (for `reason`, or the deadline).
+    pub(crate) fn outcome(
+        result: DecisionResult,
+        label: &str,
+        reason: Option<NoDecisionReason>,
+    ) -> Outcome {
+        let ruling = match result {
+            DecisionResult::NoDecision => Ruling::NoDecision {
+                reason: reason.unwrap_or(NoDecisionReason::Deadline),
+                detail: None,
+            },
+            DecisionResult::Pass | DecisionResult::Reject => Ruling::Decided(Decided {
+                verdict: if result == DecisionResult::Reject {
+                    Verdict::Reject
+                } else {
+                    Verdict::Pass
+                },
+                class: 0,
+                label: label.into(),
+                confidence_permille: 0,
+                model_version: 1,
+                late: false,
+            }),
+        };
+        Outcome {
+            seq: 0,
+            station: "cam1".into(),
+            part: 1,
+            acquired_ms: 0,
+            decided_ms: 0,
+            latency_ms: 0,
+            ruling,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -326,37 +326,9 @@ impl StationAlarms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::{Decided, Ruling};
-    use defect_models::Verdict;
 
     fn outcome(result: DecisionResult, reason: Option<NoDecisionReason>) -> Outcome {
-        let ruling = match (result, reason) {
-            (DecisionResult::NoDecision, reason) => Ruling::NoDecision {
-                reason: reason.unwrap_or(NoDecisionReason::Deadline),
-                detail: None,
-            },
-            (result, _) => Ruling::Decided(Decided {
-                verdict: if result == DecisionResult::Reject {
-                    Verdict::Reject
-                } else {
-                    Verdict::Pass
-                },
-                class: 0,
-                label: String::new(),
-                confidence_permille: 0,
-                model_version: 1,
-                late: false,
-            }),
-        };
-        Outcome {
-            seq: 0,
-            station: "cam1".into(),
-            part: 1,
-            acquired_ms: 0,
-            decided_ms: 0,
-            latency_ms: 0,
-            ruling,
-        }
+        crate::outcome::fixture::outcome(result, "", reason)
     }
 
     fn pass() -> Outcome {

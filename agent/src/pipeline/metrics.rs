@@ -236,37 +236,10 @@ mod tests {
     use defect_shared::exposition::Format;
 
     use super::*;
-    use crate::outcome::{Decided, DecisionResult, Ruling};
-    use defect_models::Verdict;
+    use crate::outcome::{DecisionResult, Ruling};
 
     fn outcome(result: DecisionResult, label: &str, reason: Option<NoDecisionReason>) -> Outcome {
-        let ruling = match (result, reason) {
-            (DecisionResult::NoDecision, reason) => Ruling::NoDecision {
-                reason: reason.unwrap_or(NoDecisionReason::Deadline),
-                detail: None,
-            },
-            (result, _) => Ruling::Decided(Decided {
-                verdict: if result == DecisionResult::Reject {
-                    Verdict::Reject
-                } else {
-                    Verdict::Pass
-                },
-                class: 0,
-                label: label.into(),
-                confidence_permille: 0,
-                model_version: 1,
-                late: false,
-            }),
-        };
-        Outcome {
-            seq: 0,
-            station: "cam1".into(),
-            part: 1,
-            acquired_ms: 0,
-            decided_ms: 0,
-            latency_ms: 0,
-            ruling,
-        }
+        crate::outcome::fixture::outcome(result, label, reason)
     }
 
     fn text(metrics: &PipelineMetrics) -> String {
