@@ -8,12 +8,15 @@
 //! trust/roots/<N>.root.json   every root version this box has verified, newest used first
 //! trust/floor.json            highest versions seen of each role, highest model_version per
 //!                             model, and the latest clock reading of a successful check
+//! trust/floor.copy.json       the same record, written right after floor.json
 //! ```
 //!
 //! Every file is replaced atomically (temporary file, fsync, rename, fsync of the folder), so
-//! after a power cut each holds its old or its new content. A floor that cannot be read is
-//! reported loudly and rebuilt from the evidence on disk (root history, bundles in the model
-//! store), never silently reset to zero.
+//! after a power cut each holds its old or its new content. The floor is kept twice: it is read
+//! as the highest of each version over every copy that reads, raised by the evidence on disk
+//! (root history, bundles in the model store), so losing or corrupting one file lowers no
+//! version. A copy that is missing or cannot be read is reported loudly; the next save writes
+//! both again.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,6 +26,10 @@ use defect_shared::error_chain::Chain;
 use serde::{Deserialize, Serialize};
 
 use crate::json_file::JsonFileError;
+
+/// Format of the floor record written now: 2, kept in two copies. Version 1 was one file, so a
+/// version-1 `floor.json` without a copy is an earlier updater's, not a lost copy.
+pub const FLOOR_FORMAT: u32 = 2;
 
 /// Highest versions this box has accepted; nothing lower is accepted again.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,9 +98,26 @@ pub struct TrustStore {
 pub struct LoadedFloor {
     /// The floor to enforce.
     pub floor: Floor,
-    /// Set when `floor.json` existed but could not be read; the floor was rebuilt and this says
-    /// why (to be reported loudly).
-    pub damaged: Option<JsonFileError>,
+    /// The copies of the floor that exist but could not be read (to be reported loudly); the
+    /// floor was taken from the other copy and the evidence on disk.
+    pub damaged: Vec<JsonFileError>,
+    /// The copies of the floor that are gone while another copy exists (to be reported
+    /// loudly: something deleted a file of the trust state).
+    pub missing: Vec<PathBuf>,
+}
+
+impl Floor {
+    /// Raises every version of this floor to at least `other`'s.
+    fn raise_to(&mut self, other: &Floor) {
+        self.root = self.root.max(other.root);
+        self.timestamp = self.timestamp.max(other.timestamp);
+        self.snapshot = self.snapshot.max(other.snapshot);
+        self.targets = self.targets.max(other.targets);
+        for (model, version) in &other.model_versions {
+            self.raise_model_version(model, *version);
+        }
+        self.latest_clock_ms = self.latest_clock_ms.max(other.latest_clock_ms);
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrustError + '_ {
@@ -118,6 +142,10 @@ impl TrustStore {
 
     fn floor_path(&self) -> PathBuf {
         self.dir.join("floor.json")
+    }
+
+    fn floor_copy_path(&self) -> PathBuf {
+        self.dir.join("floor.copy.json")
     }
 
     /// Root versions in the history, newest first.
@@ -175,33 +203,54 @@ impl TrustStore {
         defect_shared::atomic::write(&path, bytes).map_err(io(&path))
     }
 
-    /// Reads the floor. A missing file is an empty floor; a damaged one is rebuilt from the root
-    /// history and `evidence` (model versions found on disk), and reported through
-    /// [`LoadedFloor::damaged`].
+    /// Reads the floor: the highest of each version over both copies that read, raised by the
+    /// root history and `evidence` (model versions found on disk). No copy at all is an empty
+    /// floor (a new box); a damaged or missing copy is reported through
+    /// [`LoadedFloor::damaged`] and [`LoadedFloor::missing`].
     pub fn load_floor(&self, evidence: &BTreeMap<String, u64>) -> Result<LoadedFloor, TrustError> {
-        let path = self.floor_path();
-        let (mut floor, damaged) = match crate::json_file::read::<Floor>(&path) {
-            Ok(floor) => (floor.unwrap_or_default(), None),
-            Err(error) => (Floor::default(), Some(error)),
-        };
-        floor.v = 1;
+        let mut floor = Floor::default();
+        let mut damaged = Vec::new();
+        let mut absent = Vec::new();
+        let mut newest_format = None;
+        for path in [self.floor_path(), self.floor_copy_path()] {
+            match crate::json_file::read::<Floor>(&path) {
+                Ok(Some(copy)) => {
+                    floor.raise_to(&copy);
+                    newest_format = newest_format.max(Some(copy.v));
+                }
+                Ok(None) => absent.push(path),
+                Err(error) => damaged.push(error),
+            }
+        }
+        // A missing copy is news only when a copy that reads says it was kept twice (format 2),
+        // or one copy is damaged: a format-1 floor.json alone is an earlier updater's record.
+        let kept_twice = newest_format.is_some_and(|v| v >= FLOOR_FORMAT) || !damaged.is_empty();
+        let missing = if kept_twice { absent } else { Vec::new() };
+        floor.v = FLOOR_FORMAT;
         if let Some(newest) = self.root_versions()?.first() {
             floor.root = floor.root.max(*newest);
         }
         for (model, version) in evidence {
             floor.raise_model_version(model, *version);
         }
-        Ok(LoadedFloor { floor, damaged })
+        Ok(LoadedFloor {
+            floor,
+            damaged,
+            missing,
+        })
     }
 
-    /// Persists the floor atomically.
+    /// Persists the floor atomically, to both copies in turn: a crash between the two leaves
+    /// one copy new and one old, and the load takes the higher.
     pub fn save_floor(&self, floor: &Floor) -> Result<(), TrustError> {
         let path = self.floor_path();
         let bytes = serde_json::to_vec_pretty(floor).map_err(|e| TrustError::Io {
             path: path.clone(),
             source: std::io::Error::other(e),
         })?;
-        defect_shared::atomic::write(&path, &bytes).map_err(io(&path))
+        defect_shared::atomic::write(&path, &bytes).map_err(io(&path))?;
+        let copy = self.floor_copy_path();
+        defect_shared::atomic::write(&copy, &bytes).map_err(io(&copy))
     }
 }
 
@@ -224,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_floor_is_reported_and_rebuilt_from_evidence() {
+    fn with_both_copies_damaged_the_floor_is_rebuilt_from_the_roots_and_the_store() {
         let dir = tempfile::tempdir().expect("tempdir");
         let trust = TrustStore::open(dir.path()).expect("open");
         let mut floor = Floor {
@@ -243,10 +292,70 @@ mod tests {
         );
         trust.remember_root(2, b"r").expect("root");
         fs::write(dir.path().join("trust/floor.json"), b"{\"v\":1,\"ro").expect("tear");
+        fs::write(dir.path().join("trust/floor.copy.json"), b"{\"v\":1,\"ro")
+            .expect("tear the copy");
         let evidence = BTreeMap::from([("m".to_owned(), 3)]);
         let loaded = trust.load_floor(&evidence).expect("load");
-        assert!(loaded.damaged.is_some());
+        assert_eq!(loaded.damaged.len(), 2);
         assert_eq!(loaded.floor.root, 2);
         assert_eq!(loaded.floor.model_version("m"), 3);
+    }
+
+    #[test]
+    fn losing_or_corrupting_one_copy_of_the_floor_lowers_no_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trust = TrustStore::open(dir.path()).expect("open");
+        let mut floor = Floor {
+            v: FLOOR_FORMAT,
+            root: 1,
+            timestamp: 9,
+            snapshot: 8,
+            targets: 7,
+            latest_clock_ms: 1_700_000_000_000,
+            ..Floor::default()
+        };
+        floor.raise_model_version("m", 4);
+        trust.save_floor(&floor).expect("save");
+        let main = dir.path().join("trust/floor.json");
+        let copy = dir.path().join("trust/floor.copy.json");
+        let none = BTreeMap::new();
+        for (what, damage) in [
+            ("main torn", (&main, Some(&b"{\"v\":1,\"time"[..]))),
+            ("main deleted", (&main, None)),
+            ("main emptied", (&main, Some(&b""[..]))),
+            ("copy torn", (&copy, Some(&b"{"[..]))),
+            ("copy deleted", (&copy, None)),
+        ] {
+            trust.save_floor(&floor).expect("save both");
+            let (path, bytes) = damage;
+            match bytes {
+                Some(bytes) => fs::write(path, bytes).expect("damage"),
+                None => fs::remove_file(path).expect("delete"),
+            }
+            let loaded = trust.load_floor(&none).expect("load");
+            assert_eq!(loaded.floor, floor, "{what}");
+            assert_eq!(
+                loaded.damaged.len() + loaded.missing.len(),
+                1,
+                "{what}: {loaded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_floor_kept_as_one_file_by_an_earlier_version_loads_without_alarm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let trust = TrustStore::open(dir.path()).expect("open");
+        fs::write(
+            dir.path().join("trust/floor.json"),
+            br#"{"v":1,"root":1,"timestamp":5,"snapshot":5,"targets":5,"model_versions":{},"latest_clock_ms":0}"#,
+        )
+        .expect("write");
+        let loaded = trust.load_floor(&BTreeMap::new()).expect("load");
+        assert_eq!(loaded.floor.timestamp, 5);
+        assert!(
+            loaded.damaged.is_empty() && loaded.missing.is_empty(),
+            "{loaded:?}"
+        );
     }
 }

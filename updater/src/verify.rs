@@ -215,10 +215,16 @@ pub async fn check(
     client: reqwest::Client,
 ) -> Result<Verified, CheckError> {
     let loaded = trust.load_floor(evidence)?;
-    if let Some(damage) = &loaded.damaged {
+    for damage in &loaded.damaged {
         tracing::error!(
             reason = %chain(damage),
-            "the anti-rollback record was damaged; rebuilt from the root history and the model store"
+            "a copy of the anti-rollback record was damaged; the floor is the highest of the other copy, the root history and the model store, and never goes down"
+        );
+    }
+    for path in &loaded.missing {
+        tracing::error!(
+            path = %path.display(),
+            "a copy of the anti-rollback record is missing; the floor is the highest of the other copy, the root history and the model store, and never goes down"
         );
     }
     let mut floor = loaded.floor;

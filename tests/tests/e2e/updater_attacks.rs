@@ -491,6 +491,8 @@ fn a_corrupt_trust_record_followed_by_a_rollback_replay_installs_nothing_older<P
     let old = tempfile::tempdir().expect("old");
     repo.snapshot_to(old.path());
     repo.publish(&bundles::with_model_version(3));
+    let newest = tempfile::tempdir().expect("newest");
+    copy_dir(repo.repo(), newest.path());
     let served = tempfile::tempdir().expect("served");
     copy_dir(repo.repo(), served.path());
     let server = RepoServer::start(served.path());
@@ -499,26 +501,64 @@ fn a_corrupt_trust_record_followed_by_a_rollback_replay_installs_nothing_older<P
     assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
     let installed = line.edge.current();
     assert_eq!(installed.1, 3);
+    let floor = line.edge.floor().expect("floor");
 
-    // A torn anti-rollback record, then the attacker replays the older repository state.
-    std::fs::write(
-        line.edge.state_dir.join("trust/floor.json"),
-        b"{\"v\":1,\"root\":",
-    )
-    .expect("corrupt");
-    serve_instead(served.path(), old.path());
-    let before = server.requests().len();
-    let output = line.edge.check();
-    let log = stderr(&output);
-    assert!(log.contains("damaged"), "{}", describe(&output));
-    assert!(log.contains("never goes down"), "{}", describe(&output));
-    assert_eq!(line.edge.current(), installed);
-    assert!(
-        no_target_download_since(&server, before),
-        "the older model must not even be downloaded"
-    );
-    let floor = line.edge.floor().expect("rebuilt floor");
-    assert_eq!(floor["model_versions"][MODEL], 3, "{floor}");
+    // Each copy of the anti-rollback record torn, then deleted, in turn; each time the attacker
+    // replays the older repository state, and each time nothing older is accepted.
+    let trust = line.edge.state_dir.join("trust");
+    for (file, torn) in [
+        ("floor.json", true),
+        ("floor.json", false),
+        ("floor.copy.json", true),
+        ("floor.copy.json", false),
+    ] {
+        let what = format!("{file} {}", if torn { "torn" } else { "deleted" });
+        if torn {
+            std::fs::write(trust.join(file), b"{\"v\":1,\"root\":").expect("tear");
+        } else {
+            std::fs::remove_file(trust.join(file)).expect("delete");
+        }
+        serve_instead(served.path(), old.path());
+        let before = server.requests().len();
+        let output = line.edge.check();
+        let log = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{what}: {}",
+            describe(&output)
+        );
+        assert!(
+            log.contains("a copy of the anti-rollback record"),
+            "{what}: {}",
+            describe(&output)
+        );
+        assert!(
+            log.contains("rollback refused: the repository offers timestamp version"),
+            "{what}: {}",
+            describe(&output)
+        );
+        assert_eq!(line.edge.current(), installed, "{what}");
+        assert!(
+            no_target_download_since(&server, before),
+            "{what}: the older model must not even be downloaded"
+        );
+        // The next good check writes both copies again, at the same versions.
+        serve_instead(served.path(), newest.path());
+        let output = line.edge.check();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{what}: {}",
+            describe(&output)
+        );
+        let rewritten = line.edge.floor().expect("floor rewritten");
+        for role in ["root", "timestamp", "snapshot", "targets"] {
+            assert_eq!(rewritten[role], floor[role], "{what}: {role}");
+        }
+        assert_eq!(rewritten["model_versions"][MODEL], 3, "{what}: {rewritten}");
+        assert!(trust.join("floor.copy.json").exists(), "{what}");
+    }
 }
 
 fn a_flaky_server_still_delivers_a_verified_install<P: Publisher>() {
