@@ -86,11 +86,31 @@ fn main() {
         args.rounds
     );
     let mut full = Samples::default();
+    let mut isolated = Samples::default();
     let mut dct = Samples::default();
     let mut python = Samples::default();
     for _ in 0..args.blocks {
-        full.extend(measure_rust(&model, &frames, false, args.rounds));
-        dct.extend(measure_rust(&model, &frames, true, args.rounds));
+        full.extend(measure_rust(
+            &model,
+            &frames,
+            false,
+            Isolation::None,
+            args.rounds,
+        ));
+        isolated.extend(measure_rust(
+            &model,
+            &frames,
+            false,
+            Isolation::CatchUnwind,
+            args.rounds,
+        ));
+        dct.extend(measure_rust(
+            &model,
+            &frames,
+            true,
+            Isolation::None,
+            args.rounds,
+        ));
         if let Some(py) = &args.python {
             python.extend(measure_python(
                 py,
@@ -147,6 +167,15 @@ fn main() {
             ours / reference
         );
     }
+    // The agent's workers run every frame under `catch_unwind` (panic isolation): its cost is
+    // the isolated whole frame against the plain one, measured in the same blocks.
+    let plain = median(&mut full.frame.clone());
+    let caught = median(&mut isolated.frame);
+    println!(
+        "\npanic isolation (catch_unwind per frame): {caught:.3} ms against {plain:.3} ms, ratio {:.3}, difference {:+.1} µs",
+        caught / plain,
+        (caught - plain) * 1000.0
+    );
     if args.python.is_none() {
         println!(
             "\n(no --python given: run benches/run-frame-path for the ONNX Runtime reference)"
@@ -154,10 +183,18 @@ fn main() {
     }
 }
 
+/// Whether each frame runs as the agent's workers run it, under `catch_unwind`.
+#[derive(Clone, Copy, PartialEq)]
+enum Isolation {
+    None,
+    CatchUnwind,
+}
+
 fn measure_rust(
     model: &std::sync::Arc<defect_models::Model>,
     frames: &[Vec<u8>],
     dct: bool,
+    isolation: Isolation,
     rounds: usize,
 ) -> Samples {
     let mut classifier = model.classifier().expect("classifier");
@@ -166,9 +203,16 @@ fn measure_rust(
     for round in 0..=rounds {
         for bytes in frames {
             let start = Instant::now();
-            let result = classifier
-                .classify_bytes(bytes)
-                .expect("sample frame classifies");
+            let result = match isolation {
+                Isolation::None => classifier.classify_bytes(bytes),
+                Isolation::CatchUnwind => {
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        classifier.classify_bytes(bytes)
+                    }))
+                    .expect("sample frame does not panic")
+                }
+            }
+            .expect("sample frame classifies");
             let whole = start.elapsed();
             if round == 0 {
                 continue; // warm-up

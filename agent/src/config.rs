@@ -55,8 +55,10 @@ pub struct AgentSection {
     /// Inference worker threads; 0 means one per CPU core.
     #[serde(default)]
     pub workers: usize,
-    /// Frames that may wait for a worker; a frame arriving at a full queue gets "no decision"
-    /// at once.
+    /// Frames that may wait in memory for a worker, at most: a memory bound (each holds its
+    /// encoded image). A frame arriving at a full queue gets "no decision" at once. Whether a
+    /// frame may wait is otherwise decided by its deadline: it is refused at once only when
+    /// the frames ahead of it, at the measured service time, leave it no chance.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
     /// Time from a frame's arrival to its decision; past it, "no decision" is published.
@@ -222,7 +224,7 @@ pub struct StationSection {
 }
 
 const fn default_queue_capacity() -> usize {
-    8
+    64
 }
 const fn default_decision_deadline_ms() -> u64 {
     500

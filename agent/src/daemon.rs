@@ -151,7 +151,12 @@ pub async fn run(
         None => (None, None),
     };
     let deadline = Duration::from_millis(config.agent.decision_deadline_ms);
-    let (pipeline, parts) = Pipeline::new(config.agent.queue_capacity, deadline, recorded);
+    let (pipeline, parts) = Pipeline::new(
+        config.agent.queue_capacity,
+        deadline,
+        config.worker_count(),
+        recorded,
+    );
     let tasks = TaskTracker::new();
     let stops = Stops::default();
     // Up before the model is validated: /healthz answers and /readyz says "not ready" meanwhile.
@@ -228,7 +233,7 @@ pub async fn run(
     );
     drop(capture);
 
-    let (sources, http_address) = frame_sources(&config, &health).await?;
+    let (sources, http_address) = frame_sources(&config, &health, &log).await?;
     for source in sources {
         tracing::debug!(source = %source.describe(), "starting frame source");
         source.start(pipeline.clone(), stops.sources.clone(), &tasks);
@@ -346,11 +351,18 @@ fn frame_hooks(
 async fn frame_sources(
     config: &Config,
     health: &Arc<Health>,
+    log: &ResultLog,
 ) -> Result<(Vec<Box<dyn FrameSource>>, Option<std::net::SocketAddr>), DaemonError> {
     let mut sources: Vec<Box<dyn FrameSource>> = Vec::new();
     for station in &config.stations {
         if let Some(section) = &station.hot_folder {
-            let folder = HotFolder::open(&station.id, section, config.agent.max_frame_bytes)?;
+            let folder = HotFolder::open(
+                &station.id,
+                section,
+                config.agent.max_frame_bytes,
+                log.clone(),
+                &config.agent.state_dir,
+            )?;
             sources.push(Box::new(folder));
         }
     }

@@ -21,6 +21,8 @@
 //! - [`outcome`]: what was decided about one part (a decision or none, and why).
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.
+//! - `fault` (feature `fault-injection`, for tests only): frame markers that make a worker
+//!   panic or abort, to test panic isolation.
 //! - [`canary`]: a candidate bundle run in shadow beside the model in service (a frame hook),
 //!   and the evidence it earns (agreement, flips by direction, latency, skipped runs).
 //! - [`capture`]: frames kept for retraining: sampling, the bounded store, the resumable
@@ -41,6 +43,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod embedded;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod health;
 pub(crate) mod metrics;
 pub mod monitor;

@@ -56,20 +56,28 @@ pub enum NoDecisionReason {
     Deadline,
     /// The agent was shutting down and could not decide the frame.
     ShuttingDown,
+    /// Decoding, preprocessing or inference panicked on this frame. The panic was isolated to
+    /// it: the worker discarded the model state it ran and goes on with the next frame.
+    InternalError,
+    /// The frame was in flight each time the agent died, twice: it was moved to the quarantine
+    /// folder instead of being decided again.
+    Quarantined,
 }
 
 impl NoDecisionReason {
     /// Every reason, in code order.
-    pub const ALL: [NoDecisionReason; 6] = [
+    pub const ALL: [NoDecisionReason; 8] = [
         NoDecisionReason::QueueFull,
         NoDecisionReason::NoModel,
         NoDecisionReason::UnreadableImage,
         NoDecisionReason::InferenceError,
         NoDecisionReason::Deadline,
         NoDecisionReason::ShuttingDown,
+        NoDecisionReason::InternalError,
+        NoDecisionReason::Quarantined,
     ];
 
-    /// Wire code (1 to 6); 0 on the wire means "no reason" (a real decision).
+    /// Wire code (1 to 8); 0 on the wire means "no reason" (a real decision).
     pub const fn code(self) -> u8 {
         match self {
             NoDecisionReason::QueueFull => 1,
@@ -78,6 +86,8 @@ impl NoDecisionReason {
             NoDecisionReason::InferenceError => 4,
             NoDecisionReason::Deadline => 5,
             NoDecisionReason::ShuttingDown => 6,
+            NoDecisionReason::InternalError => 7,
+            NoDecisionReason::Quarantined => 8,
         }
     }
 
@@ -90,6 +100,8 @@ impl NoDecisionReason {
             NoDecisionReason::InferenceError => "inference_error",
             NoDecisionReason::Deadline => "deadline",
             NoDecisionReason::ShuttingDown => "shutting_down",
+            NoDecisionReason::InternalError => "internal_error",
+            NoDecisionReason::Quarantined => "quarantined",
         }
     }
 }
@@ -424,7 +436,7 @@ mod tests {
     fn reason_codes_are_distinct_and_nonzero() {
         let mut codes: Vec<u8> = NoDecisionReason::ALL.iter().map(|r| r.code()).collect();
         codes.dedup();
-        assert_eq!(codes, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(codes, vec![1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     fn frame(ruling: Ruling) -> Outcome {

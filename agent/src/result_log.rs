@@ -15,6 +15,11 @@
 //! - tree `meta`: `high_water`, the highest seq ever assigned, and `delivered`, the delivered
 //!   cursor; both big-endian `u64`.
 //! - tree `corrupt`: entries that no longer decode, moved aside under their key for inspection.
+//! - tree `frames`: the frame files whose outcome is logged while the file may still be in its
+//!   hot folder, key = [`FrameIdentity`] (station, file name, content SHA-256), value = the
+//!   seq. Written in the same transaction as the outcome ([`ResultLog::append_frames`]) and
+//!   removed once the file is ([`ResultLog::forget_frame`]), so a file found again after a crash
+//!   is recognised as decided ([`ResultLog::logged_frame`]) and not decided twice.
 //!
 //! # Crash safety
 //!
@@ -28,6 +33,14 @@
 //! every entry was delivered and removed. [`ResultLog::mark_delivered`] persists the cursor
 //! first and removes the entries after; [`ResultLog::open`] removes entries at or below the
 //! cursor that a crash in between left behind.
+//!
+//! sled 0.34 writes a snapshot of its page table at every open that finds the log grown, into
+//! `snap.<lsn>.generating`, and renames it to `snap.<lsn>` once complete. Its recovery then
+//! reads the newest `snap.*` file *including* an unfinished `.generating` one (sled fixed this
+//! after 0.34.7 and never released the fix), so a process killed while opening the log left a
+//! folder sled refused to open again (`Corruption { at: None }`). [`ResultLog::open`] removes
+//! such leftovers first, as later sled does by ignoring them: an unfinished snapshot holds
+//! nothing the log and the previous snapshot do not.
 //!
 //! # Corrupt entries
 //!
@@ -54,10 +67,66 @@ use tracing::{info, warn};
 
 use crate::outcome::Outcome;
 
+/// A frame file's identity: its station, its file name and the SHA-256 of its content.
+///
+/// Two files are the same frame only when all three match: a camera that writes new content
+/// under a name it used before sends a new frame.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FrameIdentity {
+    /// The station whose hot folder holds the file.
+    pub station: String,
+    /// The file's name in that folder.
+    pub file: String,
+    /// SHA-256 of the file's content, lowercase hex.
+    pub sha256: String,
+}
+
+impl FrameIdentity {
+    /// The key of this frame in the `frames` tree.
+    fn key(&self) -> Vec<u8> {
+        let mut key = Vec::with_capacity(self.station.len() + self.file.len() + 66);
+        key.extend_from_slice(self.station.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.file.as_bytes());
+        key.push(0);
+        key.extend_from_slice(self.sha256.as_bytes());
+        key
+    }
+}
+
 /// Meta key of the highest seq ever assigned.
 const HIGH_WATER: &str = "high_water";
 /// Meta key of the delivered cursor.
 const DELIVERED: &str = "delivered";
+/// Removes the snapshot files sled 0.34 left unfinished (`snap.<lsn>.generating`) in `dir`, so
+/// that sled recovers from its log and last complete snapshot instead of refusing to open.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            let path = entry.path();
+            warn!(
+                path = %path.display(),
+                "removing an unfinished result-log snapshot left by a crash while the log was opening"
+            );
+            std::fs::remove_file(&path)?;
+            removed = true;
+        }
+    }
+    if removed {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Most keys removed by one sled batch when delivering or dropping many entries.
 const REMOVE_CHUNK: usize = 1024;
 /// sled's page cache limit: the log is written and read once, it needs little cache.
@@ -171,6 +240,8 @@ struct Shared {
     meta: Tree,
     /// Entries moved aside because they do not decode.
     corrupt: Tree,
+    /// Frame files whose outcome is logged, by [`FrameIdentity`]: the seq.
+    frames: Tree,
     /// Retention of undelivered outcomes.
     policy: RetentionPolicy,
     /// Held by every writer, so seqs are written in the order they are assigned and the
@@ -209,6 +280,7 @@ impl ResultLog {
             path: dir.to_owned(),
             source,
         };
+        remove_unfinished_snapshots(dir).map_err(|e| open_err(e.into()))?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_BYTES)
@@ -217,6 +289,7 @@ impl ResultLog {
         let results = db.open_tree("results").map_err(open_err)?;
         let meta = db.open_tree("meta").map_err(open_err)?;
         let corrupt = db.open_tree("corrupt").map_err(open_err)?;
+        let frames = db.open_tree("frames").map_err(open_err)?;
         // sled does not sync the folder it creates its files in; do it once here, so the log
         // file itself survives a power cut.
         let db_file = File::open(dir.join("db"))
@@ -257,6 +330,7 @@ impl ResultLog {
                 results,
                 meta,
                 corrupt,
+                frames,
                 policy,
                 writer: Mutex::new(()),
                 last_seq: AtomicU64::new(last_seq),
@@ -293,6 +367,17 @@ impl ResultLog {
     /// All or nothing: after a crash either every outcome of the call is in the log or none is.
     /// Seqs assigned by a call that fails are not handed out again.
     pub fn append(&self, outcomes: &mut [Outcome]) -> Result<(), ResultLogError> {
+        self.append_frames(outcomes, &[])
+    }
+
+    /// [`ResultLog::append`], recording in the same transaction, for each outcome whose
+    /// `identities` entry (same index) is a frame file, that the file's outcome is logged under
+    /// its seq. `identities` may be shorter than `outcomes`.
+    pub fn append_frames(
+        &self,
+        outcomes: &mut [Outcome],
+        identities: &[Option<FrameIdentity>],
+    ) -> Result<(), ResultLogError> {
         let Some(count) = u64::try_from(outcomes.len()).ok().filter(|&n| n > 0) else {
             return Ok(());
         };
@@ -303,16 +388,23 @@ impl ResultLog {
         // Consumed even if the call fails below: a seq is never handed out twice.
         s.last_seq.store(last, Ordering::Release);
         let mut encoded = Vec::with_capacity(outcomes.len());
-        for (seq, outcome) in (first..=last).zip(outcomes.iter_mut()) {
+        let mut frames = Vec::new();
+        for (index, (seq, outcome)) in (first..=last).zip(outcomes.iter_mut()).enumerate() {
             outcome.seq = seq;
             let value = serde_json::to_vec(outcome)
                 .map_err(|source| ResultLogError::Encode { seq, source })?;
             encoded.push((seq.to_be_bytes(), value));
+            if let Some(Some(identity)) = identities.get(index) {
+                frames.push((identity.key(), seq.to_be_bytes()));
+            }
         }
-        (&s.results, &s.meta)
-            .transaction(|(results, meta)| {
+        (&s.results, &s.meta, &s.frames)
+            .transaction(|(results, meta, frame_tree)| {
                 for (key, value) in &encoded {
                     results.insert(&key[..], value.as_slice())?;
+                }
+                for (key, seq) in &frames {
+                    frame_tree.insert(key.as_slice(), &seq[..])?;
                 }
                 meta.insert(HIGH_WATER, &last.to_be_bytes()[..])?;
                 Ok::<(), ConflictableTransactionError<Infallible>>(())
@@ -322,6 +414,56 @@ impl ResultLog {
         s.flush()?;
         s.durable_seq.store(last, Ordering::Release);
         Ok(())
+    }
+
+    /// The seq under which the outcome of the frame file `identity` was logged, if it was and
+    /// the file was not completed since.
+    pub fn logged_frame(&self, identity: &FrameIdentity) -> Result<Option<u64>, ResultLogError> {
+        let s = &*self.shared;
+        let value = s
+            .frames
+            .get(identity.key())
+            .map_err(|source| s.read_error(source))?;
+        Ok(value.as_deref().and_then(seq_of))
+    }
+
+    /// Forgets the frame file `identity`: it left its hot folder. Not flushed: a crash before
+    /// the next flush leaves an entry that [`ResultLog::forget_frames_of`] removes.
+    pub fn forget_frame(&self, identity: &FrameIdentity) -> Result<(), ResultLogError> {
+        let s = &*self.shared;
+        s.frames
+            .remove(identity.key())
+            .map_err(|source| s.write_error(source))?;
+        Ok(())
+    }
+
+    /// Forgets every frame file of `station` for which `gone(file name)` is true; returns how
+    /// many were forgotten. Called at start-up with the files the hot folder no longer holds.
+    pub fn forget_frames_of(
+        &self,
+        station: &str,
+        gone: impl Fn(&str) -> bool,
+    ) -> Result<usize, ResultLogError> {
+        let s = &*self.shared;
+        let mut prefix = station.as_bytes().to_vec();
+        prefix.push(0);
+        let mut stale = Batch::default();
+        let mut count = 0;
+        for item in s.frames.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(|source| s.read_error(source))?;
+            let file = key[prefix.len()..]
+                .split(|b| *b == 0)
+                .next()
+                .map(String::from_utf8_lossy);
+            if file.is_some_and(|file| gone(&file)) {
+                stale.remove(key);
+                count += 1;
+            }
+        }
+        s.frames
+            .apply_batch(stale)
+            .map_err(|source| s.write_error(source))?;
+        Ok(count)
     }
 
     /// Up to `max` undelivered outcomes with seq > the delivered cursor, oldest first.
@@ -770,6 +912,62 @@ mod tests {
         assert_eq!(log.last_seq(), 4);
         assert_eq!(log.backlog(), 4);
         assert_eq!(log.get(2).expect("get"), Some(first[1].clone()));
+    }
+
+    /// The snapshot files sled keeps in the log's folder, by name.
+    fn snapshot_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read the log folder")
+            .map(|entry| {
+                entry
+                    .expect("folder entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .filter(|name| name.starts_with("snap."))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_snapshot_left_unfinished_by_a_kill_while_opening_does_not_stop_the_log_from_opening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let log = ResultLog::open(dir.path(), policy()).expect("open");
+            log.append(&mut batch(0..5, 1000)).expect("append");
+        }
+        // This open finds the log grown and writes a complete snapshot, `snap.<lsn>`.
+        {
+            let log = ResultLog::open(dir.path(), policy()).expect("reopen");
+            log.append(&mut batch(5..8, 1000)).expect("append");
+        }
+        let complete = snapshot_names(dir.path());
+        assert_eq!(complete.len(), 1, "one complete snapshot: {complete:?}");
+        let bytes = std::fs::read(dir.path().join(&complete[0])).expect("read snapshot");
+        // What a process killed in sled's `write_snapshot` leaves: a newer snapshot, part
+        // written and never renamed; and one killed right after creating the file: empty.
+        std::fs::write(
+            dir.path().join("snap.00000000FFFFFFFF.generating"),
+            &bytes[..bytes.len() / 2],
+        )
+        .expect("write partial snapshot");
+        std::fs::write(dir.path().join("snap.00000000FFFFFFFE.generating"), b"")
+            .expect("write empty snapshot");
+
+        let log = ResultLog::open(dir.path(), policy()).expect("the log opens after the kill");
+        assert_eq!(log.last_seq(), 8);
+        assert_eq!(log.backlog(), 8);
+        let kept = log.undelivered(100).expect("undelivered");
+        assert_eq!(seqs(&kept), (1..=8).collect::<Vec<_>>());
+        assert!(
+            snapshot_names(dir.path())
+                .iter()
+                .all(|name| !name.ends_with(".generating")),
+            "the unfinished snapshots are gone: {:?}",
+            snapshot_names(dir.path())
+        );
     }
 
     #[test]

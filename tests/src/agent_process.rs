@@ -224,6 +224,12 @@ impl AgentProcess {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Forgets a process that ended by itself (it crashed), so that it can be restarted;
+    /// returns its exit status.
+    pub fn reap(&mut self) -> Option<ExitStatus> {
+        self.child.take().and_then(|mut child| child.wait().ok())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -173,7 +173,15 @@ impl StationAlarms {
     pub fn record(&mut self, outcome: &Outcome) -> Vec<AlarmEvent> {
         let seen = Seen {
             no_decision: outcome.result() == DecisionResult::NoDecision,
-            invalid: outcome.reason() == Some(NoDecisionReason::UnreadableImage),
+            // Frames the agent could not take in: unreadable, crashing the decoder, quarantined.
+            invalid: matches!(
+                outcome.reason(),
+                Some(
+                    NoDecisionReason::UnreadableImage
+                        | NoDecisionReason::InternalError
+                        | NoDecisionReason::Quarantined
+                )
+            ),
             decided: match outcome.result() {
                 DecisionResult::Pass => Some(false),
                 DecisionResult::Reject => Some(true),

@@ -1,10 +1,12 @@
 //! Deadline-aware admission: whether a frame that just arrived can still be decided in time.
 //!
 //! This module owns the estimate of a frame's service time (the median wall time of the last
-//! [`SAMPLES`] frames a worker decoded, preprocessed and ran through the model), the count of
-//! workers busy now, and the rule built on them: a frame is refused at once only when, behind
-//! the frames already waiting and those in work, on the configured number of workers at the
-//! estimated service time, it would be decided after its deadline. Otherwise it waits its turn,
+//! [`SAMPLES`] frames a worker decoded, preprocessed and ran through the model), the estimate
+//! of the output path (the median time from a live outcome made to it logged, which comes
+//! before its publication), the count of workers busy now, and the rule built on them: a frame
+//! is refused at once only when, behind the frames already waiting and those in work, on the
+//! configured number of workers at the estimated service time, plus the output path, it would
+//! be published after its deadline. Otherwise it waits its turn,
 //! and the queue's capacity is only a bound on the memory the waiting frames hold. Until the
 //! first frame was measured nothing says a frame cannot make it, so every frame waits; its
 //! deadline timer still answers for it in time.
@@ -28,6 +30,10 @@ pub(crate) struct Admission {
     recent: Mutex<VecDeque<Duration>>,
     /// Their median in nanoseconds; 0 until a frame was measured.
     estimate_ns: AtomicU64,
+    /// The last [`SAMPLES`] output-path times, oldest first.
+    recent_output: Mutex<VecDeque<Duration>>,
+    /// Their median in nanoseconds; 0 until an outcome was logged.
+    output_ns: AtomicU64,
 }
 
 /// Whether a frame may wait for a worker.
@@ -43,6 +49,8 @@ pub(crate) enum Admit {
         ahead: usize,
         /// The service time estimate it was judged with.
         service: Duration,
+        /// The output-path estimate added to it.
+        output: Duration,
     },
 }
 
@@ -54,6 +62,8 @@ impl Admission {
             busy: AtomicUsize::new(0),
             recent: Mutex::new(VecDeque::with_capacity(SAMPLES)),
             estimate_ns: AtomicU64::new(0),
+            recent_output: Mutex::new(VecDeque::with_capacity(SAMPLES)),
+            output_ns: AtomicU64::new(0),
         }
     }
 
@@ -82,18 +92,17 @@ impl Admission {
 
     /// Records the service time of a frame the model ran on.
     pub(crate) fn record(&self, took: Duration) {
-        let Ok(mut recent) = self.recent.lock() else {
-            return;
-        };
-        if recent.len() == SAMPLES {
-            recent.pop_front();
-        }
-        recent.push_back(took);
-        let mut sorted: Vec<Duration> = recent.iter().copied().collect();
-        sorted.sort_unstable();
-        let median = sorted[sorted.len() / 2];
-        let ns = u64::try_from(median.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.estimate_ns.store(ns, Ordering::Release);
+        record_median(&self.recent, &self.estimate_ns, took);
+    }
+
+    /// Records the time from a live outcome made to it logged.
+    pub(crate) fn record_output(&self, took: Duration) {
+        record_median(&self.recent_output, &self.output_ns, took);
+    }
+
+    /// The estimated output path of a live outcome, zero before the first was logged.
+    pub(crate) fn output_time(&self) -> Duration {
+        Duration::from_nanos(self.output_ns.load(Ordering::Acquire))
     }
 
     /// Whether a frame arriving now, with `queued` frames waiting ahead of it, can be decided
@@ -105,7 +114,8 @@ impl Admission {
         };
         let ahead = queued + self.busy();
         let waves = u32::try_from(ahead / self.workers + 1).unwrap_or(u32::MAX);
-        let expected = service.saturating_mul(waves);
+        let output = self.output_time();
+        let expected = service.saturating_mul(waves).saturating_add(output);
         if expected <= budget {
             Admit::Wait
         } else {
@@ -113,9 +123,26 @@ impl Admission {
                 expected,
                 ahead,
                 service,
+                output,
             }
         }
     }
+}
+
+/// Adds `took` to the last [`SAMPLES`] in `recent` and stores their median in `median_ns`.
+fn record_median(recent: &Mutex<VecDeque<Duration>>, median_ns: &AtomicU64, took: Duration) {
+    let Ok(mut recent) = recent.lock() else {
+        return;
+    };
+    if recent.len() == SAMPLES {
+        recent.pop_front();
+    }
+    recent.push_back(took);
+    let mut sorted: Vec<Duration> = recent.iter().copied().collect();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2];
+    let ns = u64::try_from(median.as_nanos()).unwrap_or(u64::MAX).max(1);
+    median_ns.store(ns, Ordering::Release);
 }
 
 #[cfg(test)]
@@ -145,9 +172,22 @@ mod tests {
             Admit::Refuse {
                 expected: 30 * MS,
                 ahead: 5,
-                service: 10 * MS
+                service: 10 * MS,
+                output: Duration::ZERO,
             }
         );
+        // The output path (log, then publish) comes on top.
+        admission.record_output(2 * MS);
+        assert_eq!(
+            admission.admit(3, 31 * MS),
+            Admit::Refuse {
+                expected: 32 * MS,
+                ahead: 5,
+                service: 10 * MS,
+                output: 2 * MS,
+            }
+        );
+        assert_eq!(admission.admit(3, 32 * MS), Admit::Wait);
         admission.finished();
         admission.finished();
         assert_eq!(admission.busy(), 0);

@@ -62,6 +62,9 @@ pub struct PipelineMetrics {
     decisions: Family<DecisionLabels, Counter>,
     /// Live "no decision" outcomes, by station and reason.
     no_decisions: Family<NoDecisionLabels, Counter>,
+    /// Frames refused on arrival because they could not be decided before their deadline
+    /// (counted in `no_decisions` under `deadline` as well), by station.
+    admission_refused: Family<StationLabels, Counter>,
     /// The per-stage latency family the four histograms below belong to.
     stages: Family<StageLabels, Histogram, fn() -> Histogram>,
     /// Decoding, per frame the model ran on.
@@ -80,6 +83,7 @@ impl PipelineMetrics {
     /// and every "no decision" reason is visible before it happens.
     pub fn new<'a>(stations: impl IntoIterator<Item = &'a str>) -> PipelineMetrics {
         let frames_received = Family::<StationLabels, Counter>::default();
+        let admission_refused = Family::<StationLabels, Counter>::default();
         let no_decisions = Family::<NoDecisionLabels, Counter>::default();
         let mut station_frames = HashMap::new();
         for station in stations {
@@ -90,6 +94,7 @@ impl PipelineMetrics {
                 station.to_owned(),
                 frames_received.get_or_create_owned(&labels),
             );
+            admission_refused.get_or_create_owned(&labels);
             for reason in NoDecisionReason::ALL {
                 no_decisions.get_or_create_owned(&NoDecisionLabels {
                     station: station.to_owned(),
@@ -109,6 +114,7 @@ impl PipelineMetrics {
             station_frames,
             decisions: Family::default(),
             no_decisions,
+            admission_refused,
             stages,
         }
     }
@@ -130,6 +136,15 @@ impl PipelineMetrics {
                 })
                 .inc(),
         };
+    }
+
+    /// Counts a frame refused on arrival for `station`: it could not be decided in time.
+    pub fn admission_refused(&self, station: &str) {
+        self.admission_refused
+            .get_or_create(&StationLabels {
+                station: station.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a live outcome; late model results are counted by `Health`, not here.
@@ -180,6 +195,11 @@ impl PipelineMetrics {
             "Live no-decision outcomes, by station and reason code name",
             self.no_decisions.clone(),
         );
+        registry.register(
+            "admission_refused",
+            "Frames refused on arrival because, behind the frames ahead of them at the measured service time, they could not be decided before their deadline (also counted as no_decisions with reason deadline), by station",
+            self.admission_refused.clone(),
+        );
         registry.register_with_unit(
             "stage_duration",
             "Time per frame in a stage: decode, preprocess and inference for frames the model ran on; publish from the live outcome to its decision queued for the broker, result log write included",
@@ -225,6 +245,19 @@ impl Collector for PipelineGauges {
                 .encode_descriptor(name, help, None, MetricType::Gauge)?
                 .encode_gauge(&value)?;
         }
+        let service = self
+            .0
+            .admission()
+            .service_time()
+            .map_or(0.0, |service| service.as_secs_f64());
+        encoder
+            .encode_descriptor(
+                "service_time_estimate",
+                "Estimated time a worker takes to decode, preprocess and infer one frame: the median of the last 32 frames, 0 before the first. Admission judges each arriving frame's chance to meet its deadline by it.",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&service)?;
         Ok(())
     }
 }

@@ -1,8 +1,9 @@
 //! From a received frame to its outcome: queue, deadline, workers, then the output stage.
 //!
 //! This module owns the rule that every frame gets exactly one live outcome, in time:
-//! [`Pipeline::submit`] puts a frame on a bounded queue (a full queue answers "no decision"
-//! at once), a deadline timer answers "no decision" when the frame is not decided in time,
+//! [`Pipeline::submit`] admits a frame only when it can still be decided before its deadline
+//! behind the frames ahead of it (`admission`; otherwise "no decision" at once), puts it on a
+//! queue bounded for memory (a full queue answers "no decision" at once too), a deadline timer answers "no decision" when the frame is not decided in time,
 //! and the worker threads (`worker`) decode, preprocess and infer off tokio's threads. Whoever
 //! finishes first claims the frame's [`Ticket`]; a model result that comes after the deadline
 //! is kept as a late record, never published live. Outcomes go to the output stage (`output`)
@@ -11,6 +12,7 @@
 //! Once the pipeline is closed for shutdown, a frame still submitted (an upload that was
 //! being received) gets "no decision" with the reason `shutting_down` at once.
 
+mod admission;
 mod hooks;
 mod metrics;
 mod output;
@@ -33,6 +35,8 @@ pub use worker::{WorkerSettings, Workers, spawn_workers};
 pub use metrics::PipelineMetrics;
 
 use crate::outcome::{FrameStats, FrameTimes, NoDecisionReason, Outcome, Ruling, unix_ms};
+use crate::result_log::FrameIdentity;
+use admission::{Admission, Admit};
 
 /// What to do once a frame's live outcome is in the result log: answer an HTTP request,
 /// remove a file from the hot folder. Given the outcome and whether it was logged.
@@ -50,6 +54,9 @@ pub struct FrameJob {
     pub bytes: Vec<u8>,
     /// Run once the live outcome is logged.
     pub completion: Option<Completion>,
+    /// The frame file this frame was read from, recorded with its outcome in the result log
+    /// so that the file is recognised as decided if the agent dies before completing it.
+    pub identity: Option<FrameIdentity>,
 }
 
 /// Shared between the worker, the deadline timer and the output stage of one frame: the
@@ -68,6 +75,7 @@ pub struct Ticket {
     pub deadline: Instant,
     claimed: AtomicBool,
     completion: Mutex<Option<Completion>>,
+    identity: Option<FrameIdentity>,
 }
 
 impl Ticket {
@@ -114,6 +122,8 @@ pub struct Emitted {
     pub times: FrameTimes,
     /// The frame's statistics for line monitoring, when the model ran on it.
     pub stats: Option<FrameStats>,
+    /// The frame file of a live outcome, logged with it (`None` for late records).
+    pub identity: Option<FrameIdentity>,
 }
 
 /// Handle to submit frames; cheap to clone.
@@ -125,6 +135,7 @@ pub struct Pipeline {
     generated_parts: Arc<AtomicU64>,
     metrics: Arc<PipelineMetrics>,
     flight: Arc<Flight>,
+    admission: Arc<Admission>,
 }
 
 /// Frames in flight, and what the shutdown waits on.
@@ -148,11 +159,12 @@ pub struct PipelineParts {
 }
 
 impl Pipeline {
-    /// A pipeline with a queue of `capacity` frames and a per-frame `deadline`, recording into
-    /// `metrics`.
+    /// A pipeline with a queue of at most `capacity` frames, a per-frame `deadline` and
+    /// `workers` worker threads to judge admission by, recording into `metrics`.
     pub fn new(
         capacity: usize,
         deadline: Duration,
+        workers: usize,
         metrics: Arc<PipelineMetrics>,
     ) -> (Pipeline, PipelineParts) {
         let (queue, queue_rx) = crossbeam_channel::bounded(capacity);
@@ -169,6 +181,7 @@ impl Pipeline {
                 closed: AtomicBool::new(false),
                 timers: CancellationToken::new(),
             }),
+            admission: Arc::new(Admission::new(workers)),
         };
         (
             pipeline,
@@ -225,37 +238,49 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Submits a frame. Never blocks: a full queue yields "no decision" at once. Must be called
-    /// within a tokio runtime (it arms the frame's deadline timer).
+    /// The service-time estimate and the workers' occupation admission is judged by.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Submits a frame. Never blocks: a frame that cannot be decided before its deadline, or
+    /// that finds the queue full, yields "no decision" at once. Must be called within a tokio
+    /// runtime (it arms the frame's deadline timer).
     pub fn submit(&self, job: FrameJob) {
-        let received = Instant::now();
-        self.metrics.frame_received(&job.station);
-        let ticket = Arc::new(Ticket {
-            station: job.station,
-            part: job.part,
-            acquired_ms: job.acquired_ms,
-            received,
-            deadline: received + self.deadline,
-            claimed: AtomicBool::new(false),
-            completion: Mutex::new(job.completion),
-        });
-        self.flight.count.fetch_add(1, Ordering::AcqRel);
-        if self.flight.closed.load(Ordering::Acquire) {
-            tracing::warn!(station = %ticket.station, part = ticket.part, "frame arrived during shutdown; no decision");
-            self.no_decision(
-                &ticket,
-                NoDecisionReason::ShuttingDown,
-                Some("the agent is shutting down".into()),
+        let Some((ticket, bytes)) = self.take_in(job) else {
+            return;
+        };
+        let budget = ticket.deadline.saturating_duration_since(Instant::now());
+        if let Admit::Refuse {
+            expected,
+            ahead,
+            service,
+            output,
+        } = self.admission.admit(self.queue.len(), budget)
+        {
+            let detail = format!(
+                "refused on arrival: {ahead} frames ahead at {:.1} ms each, then {:.1} ms to log it, would publish it in {} ms, after its {} ms deadline",
+                service.as_secs_f64() * 1000.0,
+                output.as_secs_f64() * 1000.0,
+                expected.as_millis(),
+                self.deadline.as_millis()
             );
+            tracing::warn!(station = %ticket.station, part = ticket.part, %detail, "no decision");
+            self.metrics.admission_refused(&ticket.station);
+            self.no_decision(&ticket, NoDecisionReason::Deadline, Some(detail));
             return;
         }
         let queued = Queued {
-            bytes: job.bytes,
+            bytes,
             ticket: Arc::clone(&ticket),
         };
         if self.queue.try_send(queued).is_err() {
-            tracing::warn!(station = %ticket.station, part = ticket.part, "queue full; no decision");
-            self.no_decision(&ticket, NoDecisionReason::QueueFull, None);
+            let detail = format!(
+                "{} frames already wait in memory (agent.queue_capacity)",
+                self.queue.len()
+            );
+            tracing::warn!(station = %ticket.station, part = ticket.part, %detail, "queue full; no decision");
+            self.no_decision(&ticket, NoDecisionReason::QueueFull, Some(detail));
             return;
         }
         let pipeline = self.clone();
@@ -269,6 +294,42 @@ impl Pipeline {
                 pipeline.no_decision(&ticket, NoDecisionReason::Deadline, Some(detail));
             }
         });
+    }
+
+    /// Takes a frame in: counts it, makes its ticket, and answers "no decision" at once when
+    /// the pipeline is closed. Returns the ticket and the frame's bytes to go on with.
+    fn take_in(&self, job: FrameJob) -> Option<(Arc<Ticket>, Vec<u8>)> {
+        let received = Instant::now();
+        self.metrics.frame_received(&job.station);
+        let ticket = Arc::new(Ticket {
+            station: job.station,
+            part: job.part,
+            acquired_ms: job.acquired_ms,
+            received,
+            deadline: received + self.deadline,
+            claimed: AtomicBool::new(false),
+            completion: Mutex::new(job.completion),
+            identity: job.identity,
+        });
+        self.flight.count.fetch_add(1, Ordering::AcqRel);
+        if self.flight.closed.load(Ordering::Acquire) {
+            tracing::warn!(station = %ticket.station, part = ticket.part, "frame arrived during shutdown; no decision");
+            self.no_decision(
+                &ticket,
+                NoDecisionReason::ShuttingDown,
+                Some("the agent is shutting down".into()),
+            );
+            return None;
+        }
+        Some((ticket, job.bytes))
+    }
+
+    /// Takes a frame its source already knows gets "no decision" (a quarantined file): it is
+    /// logged, published and completed like any other outcome.
+    pub fn submit_no_decision(&self, job: FrameJob, reason: NoDecisionReason, detail: String) {
+        if let Some((ticket, _)) = self.take_in(job) {
+            self.no_decision(&ticket, reason, Some(detail));
+        }
     }
 
     /// Makes the frame's live "no decision" if nobody has claimed it yet.
@@ -293,6 +354,7 @@ impl Pipeline {
             deadline: ticket.deadline,
             times: ticket.times_now(),
             stats,
+            identity: ticket.identity.clone(),
         };
         if let Err(error) = self.emit.send(emitted) {
             // Only after the output stage stopped, at the very end of a shutdown.
@@ -312,6 +374,7 @@ impl Pipeline {
             deadline: ticket.deadline,
             times: ticket.times_now(),
             stats,
+            identity: None,
         });
     }
 
@@ -356,13 +419,14 @@ mod tests {
             acquired_ms: 0,
             bytes: vec![0xff, 0xd8],
             completion: None,
+            identity: None,
         }
     }
 
     #[tokio::test]
     async fn a_frame_submitted_after_close_gets_shutting_down_at_once() {
         let metrics = Arc::new(PipelineMetrics::new(["cam1"]));
-        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), metrics);
+        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), 1, metrics);
         pipeline.close();
         pipeline.submit(job(7));
         let emitted = parts.outcomes.try_recv().expect("an outcome at once");
@@ -377,7 +441,7 @@ mod tests {
     #[tokio::test]
     async fn drained_resolves_when_the_last_frame_in_flight_is_finished() {
         let metrics = Arc::new(PipelineMetrics::new(["cam1"]));
-        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), metrics);
+        let (pipeline, mut parts) = Pipeline::new(4, Duration::from_secs(60), 1, metrics);
         pipeline.drained().await;
         pipeline.submit(job(1));
         pipeline.submit(job(2));

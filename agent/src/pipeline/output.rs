@@ -3,7 +3,8 @@
 //! This module owns the order that makes "nothing lost" true: outcomes are appended to the
 //! result log in batches (one flush per batch), and only then do the sinks get them (the live
 //! decision, line monitoring) and is the frame completed (the HTTP answer sent, the camera's
-//! file removed). Late model results are logged and handed to the sinks for the record, never
+//! file removed). A frame file's identity is logged with its outcome, in the same transaction,
+//! so a file the agent died before removing is recognised as decided at the next start. Late model results are logged and handed to the sinks for the record, never
 //! completed again.
 
 use defect_shared::error_chain::Chain;
@@ -60,9 +61,10 @@ impl OutputStage {
                 return;
             }
             let mut records: Vec<_> = batch.iter().map(|e| e.outcome.clone()).collect();
+            let identities: Vec<_> = batch.iter().map(|e| e.identity.clone()).collect();
             let log = self.log.clone();
             let logged = tokio::task::spawn_blocking(move || {
-                let result = log.append(&mut records);
+                let result = log.append_frames(&mut records, &identities);
                 (result, records)
             })
             .await;
@@ -70,6 +72,12 @@ impl OutputStage {
                 Ok((Ok(()), records)) => {
                     for (emitted, record) in batch.iter_mut().zip(records) {
                         emitted.outcome.seq = record.seq;
+                        if emitted.completion.is_some() {
+                            // A live outcome: how long it took to be logged, for admission.
+                            self.pipeline
+                                .admission()
+                                .record_output(emitted.times.decided.elapsed());
+                        }
                     }
                     true
                 }
@@ -100,6 +108,7 @@ impl OutputStage {
             deadline,
             times,
             stats,
+            identity: _,
         } = emitted;
         self.health.record(&outcome);
         self.pipeline.metrics().outcome(&outcome);

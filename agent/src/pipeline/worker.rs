@@ -7,11 +7,21 @@
 //! "no decision" with its reason. After a frame's live outcome is on its way, the worker
 //! calls its hooks (`hooks`: the canary's shadow run, data capture) on the decided frame.
 //! The threads end when the pipeline's workers are stopped, and are joined.
+//!
+//! # Panic isolation
+//!
+//! Decoding, preprocessing and inference of one frame run under `catch_unwind` (release builds
+//! unwind, see the workspace's `[profile.release]`). A panic there gives that frame a "no
+//! decision" with the reason `internal_error`; the worker drops the classifier it ran, so the
+//! next frame starts from freshly built model state, and goes on. A panic in a hook is caught
+//! and logged the same way and never touches the frame's outcome, which is already out.
 
 use defect_shared::error_chain::Chain;
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use defect_models::{Classification, Classifier, ClassifyError, DecodeOptions, Model, Verdict};
 
@@ -63,12 +73,10 @@ pub fn spawn_workers(
     queue: &crossbeam_channel::Receiver<Queued>,
     pipeline: &Pipeline,
 ) -> std::io::Result<Workers> {
-    let busy = Arc::new(AtomicUsize::new(0));
     let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let mut threads = Vec::with_capacity(settings.count);
     for index in 0..settings.count {
         let worker = Worker {
-            busy: Arc::clone(&busy),
             count: settings.count,
             queue: queue.clone(),
             stopped: stopped.clone(),
@@ -100,8 +108,6 @@ pub fn spawn_workers(
 }
 
 struct Worker {
-    /// Workers deciding a frame (or running its hooks) now.
-    busy: Arc<AtomicUsize>,
     /// Workers in all.
     count: usize,
     queue: crossbeam_channel::Receiver<Queued>,
@@ -126,9 +132,9 @@ impl Worker {
             let Ok(frame) = frame else {
                 return;
             };
-            self.busy.fetch_add(1, Ordering::AcqRel);
+            self.pipeline.admission().started();
             self.decide(frame);
-            self.busy.fetch_sub(1, Ordering::AcqRel);
+            self.pipeline.admission().finished();
         }
     }
 
@@ -146,30 +152,33 @@ impl Worker {
             );
             return;
         };
-        let classifier = match self.classifier_for(&model) {
-            Ok(classifier) => classifier,
-            Err(error) => {
-                tracing::error!(model = %model.manifest().name, error = %Chain(&error), "cannot start the classifier");
-                self.pipeline.no_decision(
-                    &ticket,
-                    NoDecisionReason::InferenceError,
-                    Some(Chain(&error).to_string()),
-                );
+        let started = Instant::now();
+        let classified = catch_unwind(AssertUnwindSafe(|| self.classify(&model, &bytes)));
+        let result = match classified {
+            Ok(Ok(result)) => {
+                self.pipeline.admission().record(started.elapsed());
+                result
+            }
+            Ok(Err((reason, detail))) => {
+                tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), error = %detail, "no decision");
+                self.pipeline.no_decision(&ticket, reason, Some(detail));
                 return;
             }
-        };
-        let result = match classifier.classify_bytes(&bytes) {
-            Ok(result) => result,
-            Err(error) => {
-                let reason = match error {
-                    ClassifyError::Decode(_) | ClassifyError::Preprocess(_) => {
-                        NoDecisionReason::UnreadableImage
-                    }
-                    ClassifyError::Inference(_) => NoDecisionReason::InferenceError,
-                };
-                tracing::warn!(station = %ticket.station, part = ticket.part, reason = reason.name(), error = %Chain(&error), "no decision");
-                self.pipeline
-                    .no_decision(&ticket, reason, Some(Chain(&error).to_string()));
+            Err(panic) => {
+                // The classifier may be half way through a frame: never run it again.
+                self.classifier = None;
+                let message = panic_message(panic.as_ref());
+                tracing::error!(
+                    station = %ticket.station,
+                    part = ticket.part,
+                    panic = %message,
+                    "decoding or inference panicked on this frame; it gets no decision, and the model state is rebuilt for the next frame"
+                );
+                self.pipeline.no_decision(
+                    &ticket,
+                    NoDecisionReason::InternalError,
+                    Some(format!("decoding or inference panicked: {message}")),
+                );
                 return;
             }
         };
@@ -189,6 +198,34 @@ impl Worker {
         self.run_hooks(&ticket, bytes, &model, &result);
     }
 
+    /// Decodes, preprocesses and classifies one frame with `model`, building the classifier
+    /// first when the model in service changed. A failure comes back as the frame's
+    /// no-decision reason and its detail.
+    fn classify(
+        &mut self,
+        model: &Arc<Model>,
+        bytes: &[u8],
+    ) -> Result<Classification, (NoDecisionReason, String)> {
+        let classifier = match self.classifier_for(model) {
+            Ok(classifier) => classifier,
+            Err(error) => {
+                tracing::error!(model = %model.manifest().name, error = %Chain(&error), "cannot start the classifier");
+                return Err((NoDecisionReason::InferenceError, Chain(&error).to_string()));
+            }
+        };
+        #[cfg(feature = "fault-injection")]
+        crate::fault::on_decode(bytes);
+        classifier.classify_bytes(bytes).map_err(|error| {
+            let reason = match error {
+                ClassifyError::Decode(_) | ClassifyError::Preprocess(_) => {
+                    NoDecisionReason::UnreadableImage
+                }
+                ClassifyError::Inference(_) => NoDecisionReason::InferenceError,
+            };
+            (reason, Chain(&error).to_string())
+        })
+    }
+
     /// Calls the hooks on a decided frame.
     fn run_hooks(
         &mut self,
@@ -200,7 +237,7 @@ impl Worker {
         if self.hooks.is_empty() {
             return;
         }
-        let idle = self.count.saturating_sub(self.busy.load(Ordering::Acquire));
+        let idle = self.count.saturating_sub(self.pipeline.admission().busy());
         let mut frame = DecidedFrame {
             station: &ticket.station,
             part: ticket.part,
@@ -212,7 +249,15 @@ impl Worker {
             disagreement: None,
         };
         for hook in &mut self.hooks {
-            hook.after_decision(&mut frame);
+            let called = catch_unwind(AssertUnwindSafe(|| hook.after_decision(&mut frame)));
+            if let Err(panic) = called {
+                tracing::error!(
+                    station = %ticket.station,
+                    part = ticket.part,
+                    panic = %panic_message(panic.as_ref()),
+                    "a hook on the decided frame panicked; the frame's outcome stands"
+                );
+            }
         }
     }
 
@@ -230,6 +275,17 @@ impl Worker {
             }
         };
         Ok(self.classifier.insert(classifier))
+    }
+}
+
+/// The text a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 

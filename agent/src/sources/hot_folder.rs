@@ -6,6 +6,15 @@
 //! until renamed. It derives the part id from the file name with the station's pattern, and
 //! removes or moves the file only once its outcome is in the result log. Files already in the
 //! folder at start-up are decided too, oldest name first.
+//!
+//! # After a crash
+//!
+//! Each file's identity (station, name, content SHA-256) is logged with its outcome, and each
+//! file in flight has a marker (`in_flight`). A file found at start-up whose outcome is already
+//! logged is completed without a second decision (its outcome goes out on `results` from the
+//! log, under its one seq). A file the agent died with in flight is decided again; one it died
+//! with in flight twice is moved to the quarantine folder and gets "no decision" (`why` 8,
+//! quarantined), so a frame that crashes the agent cannot keep the line down.
 
 use defect_shared::error_chain::Chain;
 use std::collections::HashSet;
@@ -15,20 +24,23 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::FrameSource;
+use super::in_flight::{Attempt, InFlight, InFlightError};
 use crate::outcome::{NoDecisionReason, unix_ms};
 use crate::pipeline::{Completion, FrameJob, Pipeline};
+use crate::result_log::{FrameIdentity, ResultLog};
 
 /// Why a hot folder cannot be watched.
 #[derive(Debug, thiserror::Error)]
 pub enum HotFolderError {
     /// The folder does not exist or cannot be read.
-    #[error("hot folder {path}: {source}")]
+    #[error("hot folder {path}")]
     Folder {
         /// The folder.
         path: PathBuf,
@@ -36,15 +48,23 @@ pub enum HotFolderError {
         source: std::io::Error,
     },
     /// inotify refused the watch.
-    #[error("cannot watch hot folder {path}: {source}")]
+    #[error("cannot watch hot folder {path}")]
     Watch {
         /// The folder.
         path: PathBuf,
         /// The watcher's error.
         source: notify::Error,
     },
+    /// The in-flight record or the quarantine folder cannot be made.
+    #[error("station {station}: cannot keep frames in flight")]
+    InFlight {
+        /// The station.
+        station: String,
+        /// What failed.
+        source: InFlightError,
+    },
     /// The part id pattern does not compile (validated earlier; kept for safety).
-    #[error("station {station}: part_id_pattern: {source}")]
+    #[error("station {station}: part_id_pattern")]
     Pattern {
         /// The station.
         station: String,
@@ -61,6 +81,8 @@ pub struct HotFolder {
     max_frame_bytes: u64,
     watcher: notify::RecommendedWatcher,
     events: mpsc::UnboundedReceiver<PathBuf>,
+    log: ResultLog,
+    in_flight: InFlight,
 }
 
 /// Whether a file name is a temporary one a camera writes before renaming it into place.
@@ -78,16 +100,28 @@ struct Station {
     max_frame_bytes: u64,
     /// Files taken and not yet completed, so a second event does not decide them twice.
     taken: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Where a file's outcome is logged with its identity.
+    log: ResultLog,
+    /// The markers of the files in flight, and the quarantine folder.
+    in_flight: InFlight,
 }
 
 impl HotFolder {
     /// Watches the station's hot folder (from now on, so no file closed before the start is
-    /// missed); frames are delivered once the source is started.
+    /// missed); frames are delivered once the source is started. Files in flight are recorded
+    /// under `state_dir`, and their outcomes logged with their identity in `log`.
     pub fn open(
         station: &str,
         section: &HotFolderSection,
         max_frame_bytes: u64,
+        log: ResultLog,
+        state_dir: &Path,
     ) -> Result<HotFolder, HotFolderError> {
+        let in_flight =
+            InFlight::open(state_dir, station).map_err(|source| HotFolderError::InFlight {
+                station: station.to_owned(),
+                source,
+            })?;
         let folder = section.path.clone();
         if let Err(source) = std::fs::read_dir(&folder) {
             return Err(HotFolderError::Folder {
@@ -131,6 +165,8 @@ impl HotFolder {
             max_frame_bytes,
             watcher,
             events,
+            log,
+            in_flight,
         })
     }
 }
@@ -173,6 +209,8 @@ impl FrameSource for HotFolder {
             max_frame_bytes,
             watcher,
             mut events,
+            log,
+            in_flight,
         } = *self;
         let folder = section.path.clone();
         tracing::info!(station = %station, folder = %folder.display(), "watching hot folder");
@@ -183,11 +221,30 @@ impl FrameSource for HotFolder {
             pipeline,
             max_frame_bytes,
             taken: Arc::new(Mutex::new(HashSet::new())),
+            log,
+            in_flight,
         });
+        station.forget_gone(&folder);
         let (settled, recent) = existing_files(&folder);
+        // Files the agent died with in flight go first and one at a time: if one of them
+        // kills the agent again, the others are not in flight with it.
+        let (suspects, settled): (Vec<_>, Vec<_>) = settled.into_iter().partition(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| station.in_flight.is_suspect(name))
+        });
         tasks.spawn(async move {
             // The watch lasts as long as the task.
             let _watcher = watcher;
+            for path in suspects {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let (done, completed) = oneshot::channel();
+                station.take_notifying(path, Some(done)).await;
+                // Resolves when the file is completed, or was not taken after all.
+                let _ = completed.await;
+            }
             for path in settled {
                 if shutdown.is_cancelled() {
                     return;
@@ -247,8 +304,25 @@ fn modified_before(path: &Path, age: Duration) -> bool {
         .is_ok_and(|t| t < limit)
 }
 
+/// `completion`, then a signal on `done` when there is one.
+fn signalling(completion: Completion, done: Option<oneshot::Sender<()>>) -> Completion {
+    match done {
+        None => completion,
+        Some(done) => Box::new(move |outcome, logged| {
+            completion(outcome, logged);
+            let _ = done.send(());
+        }),
+    }
+}
+
 impl Station {
     async fn take(&self, path: PathBuf) {
+        self.take_notifying(path, None).await;
+    }
+
+    /// Takes the file at `path`. `done` is signalled once the file is completed; it is dropped
+    /// unsignalled when the file is not taken (gone, temporary, already taken).
+    async fn take_notifying(&self, path: PathBuf, mut done: Option<oneshot::Sender<()>>) {
         let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
             return;
         };
@@ -289,14 +363,108 @@ impl Station {
         if bytes.is_empty() {
             tracing::warn!(station = %self.id, file = %path.display(), reason = NoDecisionReason::UnreadableImage.name(), "empty or unreadable frame file");
         }
+        let identity = FrameIdentity {
+            station: self.id.clone(),
+            file: name.clone(),
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        match self.log.logged_frame(&identity) {
+            Ok(Some(seq)) => {
+                tracing::info!(station = %self.id, file = %path.display(), seq, "this file's outcome was logged before the agent stopped; completing the file without a second decision");
+                self.completer().complete(&path, &identity, true);
+                return;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(station = %self.id, file = %path.display(), error = %Chain(&error), "cannot look the file up in the result log; deciding it");
+            }
+        }
+        match self.in_flight.begin(&name, &identity.sha256) {
+            Ok(Attempt::First) => {}
+            Ok(Attempt::Again { deaths }) => {
+                tracing::warn!(station = %self.id, file = %path.display(), deaths, "the agent died while this frame was in flight; deciding it again");
+            }
+            Ok(Attempt::Quarantine { deaths }) => {
+                match self.quarantine(&path, &name, part, acquired_ms, deaths, done) {
+                    None => return,
+                    Some(back) => done = back,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(station = %self.id, file = %path.display(), error = %Chain(&error), "cannot record the frame in flight; deciding it");
+            }
+        }
         let job = FrameJob {
             station: self.id.clone(),
             part,
             acquired_ms,
             bytes,
-            completion: Some(self.completion(path)),
+            completion: Some(signalling(self.completion(path, identity.clone()), done)),
+            identity: Some(identity),
         };
         self.pipeline.submit(job);
+    }
+
+    /// Moves a file the agent died with in flight `deaths` times to the quarantine folder, and
+    /// gives its part "no decision". When it cannot be moved (it is decided again), gives
+    /// `done` back.
+    fn quarantine(
+        &self,
+        path: &Path,
+        name: &str,
+        part: u64,
+        acquired_ms: u64,
+        deaths: u32,
+        done: Option<oneshot::Sender<()>>,
+    ) -> Option<Option<oneshot::Sender<()>>> {
+        let to = match self.in_flight.quarantine(path, name) {
+            Ok(to) => to,
+            Err(error) => {
+                tracing::error!(station = %self.id, file = %path.display(), error = %Chain(&error), "cannot quarantine a frame the agent died with twice; deciding it again");
+                return Some(done);
+            }
+        };
+        let detail = format!(
+            "the agent died {deaths} times while deciding {name}; moved to {}",
+            to.display()
+        );
+        tracing::error!(station = %self.id, part, file = %to.display(), deaths, "frame quarantined: the agent died each time it was in flight; it gets no decision");
+        let in_flight = self.in_flight.clone();
+        let taken = Arc::clone(&self.taken);
+        let (name, path) = (name.to_owned(), path.to_owned());
+        let job = FrameJob {
+            station: self.id.clone(),
+            part,
+            acquired_ms,
+            bytes: Vec::new(),
+            completion: Some(signalling(
+                Box::new(move |_outcome, _logged| {
+                    in_flight.end(&name);
+                    if let Ok(mut taken) = taken.lock() {
+                        taken.remove(&path);
+                    }
+                }),
+                done,
+            )),
+            identity: None,
+        };
+        self.pipeline
+            .submit_no_decision(job, NoDecisionReason::Quarantined, detail);
+        None
+    }
+
+    /// Forgets the records of files that left the folder while the agent was down, or just
+    /// before it died.
+    fn forget_gone(&self, folder: &Path) {
+        let gone = |name: &str| !folder.join(name).exists();
+        let markers = self.in_flight.forget_gone(gone);
+        let logged = self.log.forget_frames_of(&self.id, gone).unwrap_or_else(|error| {
+            tracing::warn!(station = %self.id, error = %Chain(&error), "cannot forget completed files in the result log");
+            0
+        });
+        if markers + logged > 0 {
+            tracing::debug!(station = %self.id, markers, logged, "forgot the records of files no longer in the hot folder");
+        }
     }
 
     /// The part id from the file name, or a generated one.
@@ -316,28 +484,62 @@ impl Station {
         }
     }
 
-    /// Removes or moves the file once its outcome is logged.
-    fn completion(&self, path: PathBuf) -> Completion {
-        let after = self.section.after;
-        let move_to = self.section.move_to.clone();
-        let taken = Arc::clone(&self.taken);
-        let station = self.id.clone();
-        Box::new(move |_outcome, logged| {
-            if logged {
-                let result = match (after, &move_to) {
-                    (AfterDecision::Move, Some(to)) => path
-                        .file_name()
-                        .map_or(Ok(()), |name| std::fs::rename(&path, to.join(name))),
-                    _ => std::fs::remove_file(&path),
-                };
-                if let Err(error) = result {
-                    tracing::warn!(station = %station, file = %path.display(), error = %Chain(&error), "cannot remove decided frame file");
+    /// What completes this station's files.
+    fn completer(&self) -> Completer {
+        Completer {
+            after: self.section.after,
+            move_to: self.section.move_to.clone(),
+            taken: Arc::clone(&self.taken),
+            station: self.id.clone(),
+            log: self.log.clone(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+
+    /// The completion of a frame read from `path`: the file is completed once its outcome is
+    /// logged.
+    fn completion(&self, path: PathBuf, identity: FrameIdentity) -> Completion {
+        let completer = self.completer();
+        Box::new(move |_outcome, logged| completer.complete(&path, &identity, logged))
+    }
+}
+
+/// Completes a station's frame files once their outcome is logged.
+struct Completer {
+    after: AfterDecision,
+    move_to: Option<PathBuf>,
+    taken: Arc<Mutex<HashSet<PathBuf>>>,
+    station: String,
+    log: ResultLog,
+    in_flight: InFlight,
+}
+
+impl Completer {
+    /// Removes or moves the file when its outcome was `logged`, then forgets its identity in
+    /// the result log and its in-flight marker.
+    fn complete(&self, path: &Path, identity: &FrameIdentity, logged: bool) {
+        if logged {
+            let result = match (self.after, &self.move_to) {
+                (AfterDecision::Move, Some(to)) => path
+                    .file_name()
+                    .map_or(Ok(()), |name| std::fs::rename(path, to.join(name))),
+                _ => std::fs::remove_file(path),
+            };
+            match result {
+                Ok(()) => {
+                    if let Err(error) = self.log.forget_frame(identity) {
+                        tracing::warn!(station = %self.station, file = %path.display(), error = %Chain(&error), "cannot forget the completed file in the result log");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(station = %self.station, file = %path.display(), error = %Chain(&error), "cannot remove decided frame file");
                 }
             }
-            if let Ok(mut taken) = taken.lock() {
-                taken.remove(&path);
-            }
-        })
+        }
+        self.in_flight.end(&identity.file);
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.remove(path);
+        }
     }
 }
 

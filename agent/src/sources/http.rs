@@ -198,6 +198,8 @@ async fn upload(
         completion: Some(Box::new(move |outcome, _logged| {
             let _ = done.send(outcome.clone());
         })),
+        // An upload lives as long as its connection: after a crash the client sends it again.
+        identity: None,
     });
     match answer.await {
         Ok(outcome) => answer_of(&outcome),

@@ -87,11 +87,6 @@ impl InFlight {
         self.markers.join(name).exists()
     }
 
-    /// The quarantine folder of this station.
-    pub fn quarantine_dir(&self) -> &Path {
-        &self.quarantine
-    }
-
     /// Records that the file `name` with content `sha256` is being taken, and says what the
     /// record held: whether the agent died with it in flight before. The marker counts one
     /// more death from now on, until [`InFlight::end`] removes it.
@@ -207,7 +202,7 @@ mod tests {
             std::fs::write(&file, content).expect("write");
             record.quarantine(&file, "part-7.jpg").expect("quarantine");
         }
-        let q = record.quarantine_dir();
+        let q = state.path().join("quarantine/cam1");
         assert_eq!(std::fs::read(q.join("part-7.jpg")).expect("first"), b"one");
         assert_eq!(
             std::fs::read(q.join("part-7.jpg.1")).expect("second"),

@@ -2,6 +2,8 @@
 //!
 //! - `hot_folder`: files a camera writes into a folder, taken when complete.
 //! - `http`: frames uploaded with `POST /v1/stations/{station}/frames`.
+//! - `in_flight`: the hot folders' markers of frame files in flight, and the quarantine of a
+//!   file the agent died with twice.
 //!
 //! Every source implements [`FrameSource`]: it is built (and checked: the folder exists, the
 //! port is bound) before the daemon starts it, then turns each frame into a
@@ -10,6 +12,7 @@
 
 pub mod hot_folder;
 pub mod http;
+pub mod in_flight;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

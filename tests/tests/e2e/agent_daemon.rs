@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use defect_e2e::agent_process::{AgentProcess, AgentSettings, label_index, sample_bytes};
+use defect_e2e::agent_process::{
+    AgentProcess, AgentSettings, label_index, sample_bytes, wait_gone,
+};
 use defect_e2e::broker::Mosquitto;
 use defect_e2e::subscriber::{Received, Subscriber, Version, count_on};
 
@@ -74,9 +76,10 @@ fn every_sample_frame_in_the_hot_folder_gets_its_labelled_decision_seen_by_v311_
         .map(|m| m.json()["seq"].as_u64().expect("seq"))
         .collect();
     assert_eq!(seqs.len(), samples.len(), "sequence numbers repeat");
+    // The file is removed once its outcome is logged, right after its decision went out.
     for path in paths {
         assert!(
-            !path.exists(),
+            wait_gone(&path, WAIT),
             "{} was not removed after its decision",
             path.display()
         );

@@ -7,6 +7,7 @@
 //! `defect_e2e::binary`), then run one area with `cargo test -p defect-e2e --test e2e --
 //! updater_`. Tests that need root are ignored unless asked for: `-- --ignored needs_root`.
 
+mod admission;
 mod agent_crash;
 mod agent_daemon;
 mod agent_health_report;
@@ -21,6 +22,7 @@ mod deploy_units;
 mod deprecated_commands;
 mod line_monitor;
 mod metrics;
+mod poison_frames;
 mod python_tuf_publisher;
 mod result_log_crash;
 mod updater_attacks;

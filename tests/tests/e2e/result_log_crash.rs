@@ -57,8 +57,6 @@ struct Totals {
 }
 
 #[test]
-#[ignore = "known bug: sled 0.34 can refuse to open the log after a SIGKILL (Corruption { at: None }); \
-            the result log's crash safety is the next work, run with -- --ignored acknowledged_results"]
 fn acknowledged_results_survive_sigkill() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("results");
