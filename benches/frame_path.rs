@@ -86,31 +86,13 @@ fn main() {
         args.rounds
     );
     let mut full = Samples::default();
-    let mut isolated = Samples::default();
     let mut dct = Samples::default();
+    let mut isolation = Vec::new();
     let mut python = Samples::default();
     for _ in 0..args.blocks {
-        full.extend(measure_rust(
-            &model,
-            &frames,
-            false,
-            Isolation::None,
-            args.rounds,
-        ));
-        isolated.extend(measure_rust(
-            &model,
-            &frames,
-            false,
-            Isolation::CatchUnwind,
-            args.rounds,
-        ));
-        dct.extend(measure_rust(
-            &model,
-            &frames,
-            true,
-            Isolation::None,
-            args.rounds,
-        ));
+        full.extend(measure_rust(&model, &frames, false, args.rounds));
+        dct.extend(measure_rust(&model, &frames, true, args.rounds));
+        isolation.extend(measure_isolation(&model, &frames, args.rounds));
         if let Some(py) = &args.python {
             python.extend(measure_python(
                 py,
@@ -167,14 +149,15 @@ fn main() {
             ours / reference
         );
     }
-    // The agent's workers run every frame under `catch_unwind` (panic isolation): its cost is
-    // the isolated whole frame against the plain one, measured in the same blocks.
-    let plain = median(&mut full.frame.clone());
-    let caught = median(&mut isolated.frame);
+    // The agent's workers run every frame under `catch_unwind` (panic isolation).
+    let (mut plain, mut caught): (Vec<f64>, Vec<f64>) = isolation.iter().copied().unzip();
+    let mut differences: Vec<f64> = isolation.iter().map(|(p, c)| (c - p) * 1000.0).collect();
+    let (plain, caught) = (median(&mut plain), median(&mut caught));
     println!(
-        "\npanic isolation (catch_unwind per frame): {caught:.3} ms against {plain:.3} ms, ratio {:.3}, difference {:+.1} µs",
+        "\npanic isolation, whole frame with and without catch_unwind, the same frame back to back: \
+         {caught:.3} ms against {plain:.3} ms (ratio {:.3}); median paired difference {:+.1} µs",
         caught / plain,
-        (caught - plain) * 1000.0
+        median(&mut differences)
     );
     if args.python.is_none() {
         println!(
@@ -183,18 +166,56 @@ fn main() {
     }
 }
 
-/// Whether each frame runs as the agent's workers run it, under `catch_unwind`.
-#[derive(Clone, Copy, PartialEq)]
-enum Isolation {
-    None,
-    CatchUnwind,
+/// The whole frame in ms, plain and under `catch_unwind` as the agent's workers run it, for
+/// each frame: the two run back to back, in alternating order, so drift hits both alike.
+fn measure_isolation(
+    model: &std::sync::Arc<defect_models::Model>,
+    frames: &[Vec<u8>],
+    rounds: usize,
+) -> Vec<(f64, f64)> {
+    let mut classifier = model.classifier().expect("classifier");
+    classifier.set_decode_options(DecodeOptions::default(), false);
+    let mut pairs = Vec::new();
+    for round in 0..=rounds {
+        for (index, bytes) in frames.iter().enumerate() {
+            let mut plain = || {
+                let start = Instant::now();
+                classifier
+                    .classify_bytes(bytes)
+                    .expect("sample frame classifies");
+                start.elapsed().as_secs_f64() * 1000.0
+            };
+            let plain_first = (round + index) % 2 == 0;
+            let first_plain = if plain_first { Some(plain()) } else { None };
+            let start = Instant::now();
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                classifier.classify_bytes(bytes)
+            }))
+            .expect("sample frame does not panic")
+            .expect("sample frame classifies");
+            let caught = start.elapsed().as_secs_f64() * 1000.0;
+            let plain = match first_plain {
+                Some(ms) => ms,
+                None => {
+                    let start = Instant::now();
+                    classifier
+                        .classify_bytes(bytes)
+                        .expect("sample frame classifies");
+                    start.elapsed().as_secs_f64() * 1000.0
+                }
+            };
+            if round > 0 {
+                pairs.push((plain, caught));
+            }
+        }
+    }
+    pairs
 }
 
 fn measure_rust(
     model: &std::sync::Arc<defect_models::Model>,
     frames: &[Vec<u8>],
     dct: bool,
-    isolation: Isolation,
     rounds: usize,
 ) -> Samples {
     let mut classifier = model.classifier().expect("classifier");
@@ -203,16 +224,9 @@ fn measure_rust(
     for round in 0..=rounds {
         for bytes in frames {
             let start = Instant::now();
-            let result = match isolation {
-                Isolation::None => classifier.classify_bytes(bytes),
-                Isolation::CatchUnwind => {
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        classifier.classify_bytes(bytes)
-                    }))
-                    .expect("sample frame does not panic")
-                }
-            }
-            .expect("sample frame classifies");
+            let result = classifier
+                .classify_bytes(bytes)
+                .expect("sample frame classifies");
             let whole = start.elapsed();
             if round == 0 {
                 continue; // warm-up
