@@ -477,6 +477,48 @@ impl Config {
             })
     }
 
+    /// The problems of the files and folders this configuration names, as the user running
+    /// the check sees them: hot folders that do not exist or cannot be written (decided files
+    /// are removed from them), a state folder that cannot be created, unreadable TLS and
+    /// password files, a model store that cannot be read. `check-config` reports them with the
+    /// other problems; run it as the service user.
+    pub fn path_problems(&self) -> Problems {
+        use defect_shared::path_check::{self, Access};
+        let mut p = Problems::new();
+        for (index, station) in self.stations.iter().enumerate() {
+            let Some(folder) = &station.hot_folder else {
+                continue;
+            };
+            let key = format!("station[{index}].hot_folder.path");
+            path_check::folder(&mut p, &key, &folder.path, Access::ReadWrite);
+            if let (AfterDecision::Move, Some(to)) = (folder.after, &folder.move_to) {
+                let key = format!("station[{index}].hot_folder.move_to");
+                path_check::folder_or_creatable(&mut p, &key, to, Access::ReadWrite);
+            }
+        }
+        path_check::folder_or_creatable(
+            &mut p,
+            "agent.state_dir",
+            &self.agent.state_dir,
+            Access::ReadWrite,
+        );
+        if let Some(store) = &self.agent.model_store {
+            path_check::folder(&mut p, "agent.model_store", store, Access::Read);
+        }
+        if let Some(report) = &self.agent.model_health_file {
+            path_check::writable_parent(&mut p, "agent.model_health_file", report);
+        }
+        if let Some(file) = &self.mqtt.password_file {
+            path_check::readable_file(&mut p, "mqtt.password_file", file);
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            for (key, file) in tls.files() {
+                path_check::readable_file(&mut p, key, file);
+            }
+        }
+        p
+    }
+
     /// Every problem of a parsed configuration; empty when it is usable.
     pub fn problems(&self) -> Problems {
         let mut p = Problems::new();
@@ -702,13 +744,8 @@ impl Config {
         if m.password_file.is_some() && m.username.is_none() {
             p.add("mqtt.password_file", "needs mqtt.username");
         }
-        if let Some(tls) = &m.tls
-            && tls.client_cert.is_some() != tls.client_key.is_some()
-        {
-            p.add(
-                "mqtt.tls.client_cert",
-                "client_cert and client_key go together",
-            );
+        if let Some((key, problem)) = m.tls.as_ref().and_then(|tls| tls.problem()) {
+            p.add(key, problem);
         }
         if m.client_id.len() > 64 {
             p.add("mqtt.client_id", "is longer than 64 characters");

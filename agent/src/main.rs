@@ -122,7 +122,15 @@ fn main() -> ExitCode {
                 })
             }))
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Command::CheckConfig { config } => match Config::load(&config).and_then(|parsed| {
+            let problems = parsed.path_problems();
+            problems.into_result(parsed).map_err(|problems| {
+                defect_agent::config::ConfigError::Invalid {
+                    path: config.clone(),
+                    problems,
+                }
+            })
+        }) {
             Ok(parsed) => {
                 println!(
                     "{}: ok ({} station(s), broker {}:{}, topics under {})",

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use defect_models::health::{self, HealthState, ModelHealth};
+use defect_models::health::{self, HealthState, ModelHealth, Refusal};
 use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, Model, gate};
 use defect_shared::error_chain::{Chain, chain};
@@ -288,7 +288,7 @@ fn load_store_bundle(
         Ok(validated) => Ok((validated, trial)),
         Err(error) => {
             if let Some(trial) = trial {
-                trial.write(HealthState::Refused, model_version, Some(error.reason()));
+                trial.refused(model_version, &error);
             }
             Err(error)
         }
@@ -332,8 +332,40 @@ impl Trial {
         self.write(HealthState::Serving, Some(model_version), None);
     }
 
+    /// Writes `refused` with the reason and its kind: over the latency budget only, or
+    /// rejected.
+    fn refused(&self, model_version: Option<u64>, error: &ServingError) {
+        let over_budget = matches!(
+            error,
+            ServingError::Refused { source, .. }
+                if matches!(source.as_ref(), gate::GateError::OverBudget { .. })
+        );
+        let kind = if over_budget {
+            Refusal::OverBudget
+        } else {
+            Refusal::Rejected
+        };
+        self.write_report(
+            HealthState::Refused,
+            model_version,
+            Some(error.reason()),
+            Some(kind),
+        );
+    }
+
     /// Writes the report in `state`; a failure is logged, never returned.
     fn write(&self, state: HealthState, model_version: Option<u64>, error: Option<String>) {
+        self.write_report(state, model_version, error, None);
+    }
+
+    /// Writes the report; a failure is logged, never returned.
+    fn write_report(
+        &self,
+        state: HealthState,
+        model_version: Option<u64>,
+        error: Option<String>,
+        refusal: Option<Refusal>,
+    ) {
         let report = ModelHealth {
             v: health::VERSION,
             sha256: self.sha256.clone(),
@@ -341,6 +373,7 @@ impl Trial {
             attempt: self.attempt,
             model_version,
             error,
+            refusal,
             agent_pid: std::process::id(),
             at_ms: unix_ms(),
         };

@@ -26,12 +26,69 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The sample configuration with its folders under `root` instead of `/var/lib`.
+fn sample_under(root: &std::path::Path) -> PathBuf {
+    let text = std::fs::read_to_string(repo_root().join("deploy/defect-agent.toml"))
+        .expect("sample config");
+    let moved = root.join("var/lib/defect-agent");
+    let config = root.join("defect-agent.toml");
+    std::fs::write(
+        &config,
+        text.replace("/var/lib/defect-agent", &moved.display().to_string()),
+    )
+    .expect("write config");
+    config
+}
+
 #[test]
-fn the_sample_config_in_deploy_is_valid() {
-    let sample = repo_root().join("deploy/defect-agent.toml");
-    let out = run(&["check-config", "--config", sample.to_str().expect("path")]);
+fn the_sample_config_in_deploy_is_valid_on_a_box_with_its_folders() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = sample_under(root.path());
+    let lib = root.path().join("var/lib/defect-agent");
+    for folder in ["incoming/cam1", "models", "state"] {
+        std::fs::create_dir_all(lib.join(folder)).expect("folder");
+    }
+    let out = run(&["check-config", "--config", config.to_str().expect("path")]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("2 station(s)"), "{}", stdout(&out));
+}
+
+#[test]
+fn folders_and_files_that_are_missing_or_unusable_are_reported_by_key() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = sample_under(root.path());
+    let lib = root.path().join("var/lib/defect-agent");
+    // The hot folder is missing; the model store is a file; TLS names a CA file that is not
+    // there; the state folder's parent cannot hold it (a file).
+    std::fs::create_dir_all(&lib).expect("lib");
+    std::fs::write(lib.join("models"), b"not a folder").expect("models as a file");
+    std::fs::write(lib.join("state"), b"not a folder").expect("state as a file");
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text = text.replace(
+        "# [mqtt.tls]\n# ca_file = \"/etc/defect-agent/broker-ca.pem\"",
+        &format!("[mqtt.tls]\nca_file = {:?}", root.path().join("no-ca.pem")),
+    );
+    std::fs::write(&config, text).expect("config");
+    let out = run(&["check-config", "--config", config.to_str().expect("path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let err = stderr(&out);
+    for expected in [
+        "station[0].hot_folder.path: ",
+        "incoming/cam1: does not exist",
+        "agent.model_store: ",
+        "models is not a folder",
+        "agent.state_dir: ",
+        "mqtt.tls.ca_file: ",
+        "no-ca.pem: does not exist",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
 }
 
 #[test]

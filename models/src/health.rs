@@ -35,6 +35,10 @@ pub struct ModelHealth {
     pub model_version: Option<u64>,
     /// Why the bundle was refused; `None` unless the state is [`HealthState::Refused`].
     pub error: Option<String>,
+    /// What kind of refusal it was, when the state is [`HealthState::Refused`]; absent in
+    /// reports of agents that did not tell (read as [`Refusal::Rejected`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     /// Process id of the agent that wrote the report.
     pub agent_pid: u32,
     /// When the report was written, Unix milliseconds.
@@ -51,6 +55,18 @@ pub enum HealthState {
     Serving,
     /// Could not be read or failed the gate; the previous model keeps serving.
     Refused,
+}
+
+/// What kind of refusal a [`HealthState::Refused`] report is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// The bundle met its golden samples but its inference ran over its latency budget, each
+    /// time the agent measured it. A box busy deciding frames measures slow: this says as much
+    /// about the box's load as about the model, so the updater tries it again later.
+    OverBudget,
+    /// The bundle cannot be served as it is: unreadable, or its golden samples do not match.
+    Rejected,
 }
 
 /// Why a report could not be read or written.
@@ -159,6 +175,7 @@ mod tests {
             attempt,
             model_version: Some(3),
             error: None,
+            refusal: None,
             agent_pid: 4242,
             at_ms: 1_767_225_600_000,
         }

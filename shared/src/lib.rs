@@ -10,10 +10,14 @@
 //! - [`forward`]: the deprecated command names (`defect-agent capture-server`,
 //!   `model-updater repo`) running `defect-central` in their place, for one release.
 //! - [`logging`] (feature `logging`): the `tracing` set-up of the binaries.
+//! - [`path_check`]: whether the files and folders a configuration names are there and usable
+//!   by the user running `check-config`.
 //! - [`exposition`] (feature `metrics`): what `GET /metrics` answers, OpenMetrics or the
 //!   classic Prometheus text by content negotiation.
 //! - [`metrics_listener`] (feature `metrics`): the `[metrics]` listener, `/metrics`, `/healthz`
 //!   and `/readyz`.
+//! - [`mqtt_tls`] (feature `mqtt-tls`): the `[mqtt.tls]` section and the broker transport
+//!   built from it.
 //!
 //! It owns no metric, no configuration key and no error type of the daemons: those stay with
 //! the daemon they describe. `defect-models` uses it without features (only [`atomic`]).
@@ -30,3 +34,6 @@ pub mod forward;
 pub mod logging;
 #[cfg(feature = "metrics")]
 pub mod metrics_listener;
+#[cfg(feature = "mqtt-tls")]
+pub mod mqtt_tls;
+pub mod path_check;

@@ -47,10 +47,13 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySection {
-    /// Base URL of the TUF metadata (`…/metadata/`).
-    pub metadata_url: String,
+    /// Base URL of the TUF metadata (`…/metadata/`). Absent on an air-gapped box that only
+    /// installs from a folder (`model-updater install-from`); then `targets_url` is absent too.
+    #[serde(default)]
+    pub metadata_url: Option<String>,
     /// Base URL of the targets (`…/targets/`).
-    pub targets_url: String,
+    #[serde(default)]
+    pub targets_url: Option<String>,
     /// The root metadata shipped with the package; used only until the box has trusted a
     /// newer root (the root history in the state folder then takes over).
     pub trusted_root: PathBuf,
@@ -160,6 +163,9 @@ pub struct MqttSection {
     /// Keep-alive in seconds (5 or more).
     #[serde(default = "default_keep_alive_s")]
     pub keep_alive_s: u64,
+    /// TLS to the broker (`[mqtt.tls]`), as the agent's: without it the link is plain TCP.
+    #[serde(default)]
+    pub tls: Option<defect_shared::mqtt_tls::TlsSection>,
 }
 
 /// `[metrics]`: `GET /metrics` and `/healthz` while `model-updater run` runs.
@@ -356,14 +362,132 @@ impl Config {
             })
     }
 
+    /// The problems of the files and folders this configuration names, as the user running the
+    /// check sees them (run it as the service user), and, given the agent's configuration, the
+    /// paths the two must share: the agent's `model_health_file` is the trial's `health_file`
+    /// and its `model_store` is this box's store.
+    pub fn path_problems(&self, agent_config: Option<&Path>) -> Problems {
+        use defect_shared::path_check::{self, Access};
+        let mut p = Problems::new();
+        path_check::readable_file(
+            &mut p,
+            "repository.trusted_root",
+            &self.repository.trusted_root,
+        );
+        path_check::folder_or_creatable(
+            &mut p,
+            "paths.state_dir",
+            &self.paths.state_dir,
+            Access::ReadWrite,
+        );
+        path_check::folder_or_creatable(
+            &mut p,
+            "paths.model_store",
+            &self.paths.model_store,
+            Access::ReadWrite,
+        );
+        if let Some(folder) = self
+            .trial
+            .health_file
+            .parent()
+            .filter(|f| !f.as_os_str().is_empty())
+        {
+            path_check::folder(&mut p, "trial.health_file", folder, Access::Read);
+        }
+        if let Some(tls) = self.mqtt.as_ref().and_then(|m| m.tls.as_ref()) {
+            for (key, file) in tls.files() {
+                path_check::readable_file(&mut p, key, file);
+            }
+        }
+        if let Some(agent_config) = agent_config {
+            self.agent_agreement(agent_config, &mut p);
+        }
+        p
+    }
+
+    /// Whether the agent's configuration at `path` names the same health report and model
+    /// store as this one.
+    fn agent_agreement(&self, path: &Path, p: &mut Problems) {
+        let agent = match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| text.parse::<toml::Table>().map_err(|e| e.to_string()))
+        {
+            Ok(agent) => agent,
+            Err(error) => {
+                p.add("--agent-config", format!("{}: {error}", path.display()));
+                return;
+            }
+        };
+        let agent_path = |key: &str| {
+            agent
+                .get("agent")
+                .and_then(|a| a.get(key))
+                .and_then(|v| v.as_str())
+                .map(PathBuf::from)
+        };
+        match agent_path("model_health_file") {
+            Some(report) if report == self.trial.health_file => {}
+            Some(report) => p.add(
+                "trial.health_file",
+                format!(
+                    "{} is not the agent's agent.model_health_file {} (in {}): trials would wait for a report that never comes",
+                    self.trial.health_file.display(),
+                    report.display(),
+                    path.display()
+                ),
+            ),
+            None => p.add(
+                "trial.health_file",
+                format!(
+                    "the agent's configuration {} sets no agent.model_health_file: set it to {}, or every trial times out",
+                    path.display(),
+                    self.trial.health_file.display()
+                ),
+            ),
+        }
+        match agent_path("model_store") {
+            Some(store) if store == self.paths.model_store => {}
+            Some(store) => p.add(
+                "paths.model_store",
+                format!(
+                    "{} is not the agent's agent.model_store {} (in {})",
+                    self.paths.model_store.display(),
+                    store.display(),
+                    path.display()
+                ),
+            ),
+            None => p.add(
+                "paths.model_store",
+                format!(
+                    "the agent's configuration {} sets no agent.model_store: the agent serves its built-in model and never what this updater installs",
+                    path.display()
+                ),
+            ),
+        }
+    }
+
     /// Every problem of the values, each naming its key.
     pub fn problems(&self) -> Problems {
         let mut problems = Problems::new();
         let mut add = |key: &str, message: &str| problems.add(key, message);
+        match (&self.repository.metadata_url, &self.repository.targets_url) {
+            (Some(_), None) => add(
+                "repository.targets_url",
+                "missing: metadata_url and targets_url go together (leave both out on a box that only installs from a folder)",
+            ),
+            (None, Some(_)) => add(
+                "repository.metadata_url",
+                "missing: metadata_url and targets_url go together (leave both out on a box that only installs from a folder)",
+            ),
+            _ => {}
+        }
         for (key, value) in [
             ("repository.metadata_url", &self.repository.metadata_url),
             ("repository.targets_url", &self.repository.targets_url),
         ] {
+            let Some(value) = value else {
+                continue;
+            };
             match url::Url::parse(value) {
                 Ok(url) if ["http", "https", "file"].contains(&url.scheme()) => {}
                 Ok(url) => add(
@@ -409,6 +533,9 @@ impl Config {
             }
             if mqtt.client_id.is_empty() {
                 add("mqtt.client_id", "must not be empty");
+            }
+            if let Some((key, problem)) = mqtt.tls.as_ref().and_then(|tls| tls.problem()) {
+                add(key, problem);
             }
         }
         if let Some(metrics) = &self.metrics

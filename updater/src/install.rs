@@ -14,7 +14,9 @@ use defect_models::store::{Pointer, Store, StoreError};
 use defect_models::{Bundle, BundleError};
 use defect_shared::error_chain::Chain;
 
-use crate::state::{BadVersion, ModelRef, StateError, StateFile, Trial, TrialPhase, UpdaterState};
+use crate::state::{
+    BadVersion, DeferredVersion, ModelRef, StateError, StateFile, Trial, TrialPhase, UpdaterState,
+};
 use crate::trust::{TrustError, TrustStore};
 use crate::verify::Release;
 
@@ -105,23 +107,18 @@ pub fn stage(store: &Store, bytes: Vec<u8>, release: &Release) -> Result<ModelRe
     Ok(found)
 }
 
-/// Starts the trial of a staged bundle: records it, then raises the model floor, both durably,
-/// then makes it `current`.
-///
-/// The trial is recorded first: a crash between the two writes leaves a recorded trial that
-/// the next start resumes (the floor follows from the store once the bundle is `current`).
-/// The other order left a floor naming a version that was never installed, and that version
-/// was skipped as already installed ever after.
+/// Starts the trial of a staged bundle: records it durably, then makes it `current`. The model
+/// floor is raised only when the trial commits ([`commit`]): a floor raised here named a
+/// version that might never be installed (reverted, deferred, or the updater killed first),
+/// and that version was skipped as already installed ever after.
 pub fn start_trial(
     store: &Store,
     state_file: &StateFile,
     state: &mut UpdaterState,
-    trust: &TrustStore,
     candidate: ModelRef,
     now_ms: u64,
     timeout_ms: u64,
 ) -> Result<(), InstallError> {
-    let (model, model_version) = (candidate.model.clone(), candidate.model_version);
     state.trial = Some(Trial {
         candidate,
         restore_current: store.pointer(Pointer::Current)?,
@@ -131,10 +128,6 @@ pub fn start_trial(
         phase: TrialPhase::Running,
     });
     state_file.save(state)?;
-    let (_, evidence) = survey(store);
-    let mut floor = trust.load_floor(&evidence)?.floor;
-    floor.raise_model_version(&model, model_version);
-    trust.save_floor(&floor)?;
     apply_trial(store, state)
 }
 
@@ -153,12 +146,23 @@ pub fn apply_trial(store: &Store, state: &UpdaterState) -> Result<(), InstallErr
     Ok(())
 }
 
-/// Ends a trial successfully.
+/// Ends a trial successfully: raises the model floor to the candidate, then forgets the trial.
+/// The floor is raised here, not when the trial starts: a version reverted (or deferred) never
+/// became the floor, so `forget-bad` or a deferral's retry can install it again, while nothing
+/// below what the box runs is ever chosen (the choice also takes the version `current` names).
+/// A restart between the two steps commits again.
 pub fn commit(
     store: &Store,
     state_file: &StateFile,
     state: &mut UpdaterState,
+    trust: &TrustStore,
 ) -> Result<Option<ModelRef>, InstallError> {
+    if let Some(trial) = &state.trial {
+        let (_, evidence) = survey(store);
+        let mut floor = trust.load_floor(&evidence)?.floor;
+        floor.raise_model_version(&trial.candidate.model, trial.candidate.model_version);
+        trust.save_floor(&floor)?;
+    }
     let committed = state.trial.take().map(|t| t.candidate);
     state_file.save(state)?;
     collect_garbage(store, state);
@@ -174,24 +178,93 @@ pub fn revert(
     reason: &str,
     now_ms: u64,
 ) -> Result<Option<ModelRef>, InstallError> {
+    end_trial(store, state_file, state, reason, None, now_ms)
+}
+
+/// Ends a trial the agent refused on latency alone: restores the old pointers like
+/// [`revert`], but defers the candidate (tried again after a backoff that grows with each such
+/// refusal) instead of marking it bad.
+pub fn defer(
+    store: &Store,
+    state_file: &StateFile,
+    state: &mut UpdaterState,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Option<ModelRef>, InstallError> {
+    let Some(trial) = &state.trial else {
+        return Ok(None);
+    };
+    let refusals = state
+        .deferred
+        .get(&trial.candidate.sha256)
+        .map_or(0, |d| d.refusals)
+        + 1;
+    let retry_after_ms = now_ms.saturating_add(crate::state::latency_backoff_ms(refusals));
+    end_trial(
+        store,
+        state_file,
+        state,
+        reason,
+        Some(retry_after_ms),
+        now_ms,
+    )
+}
+
+/// Restores the old pointers and records the candidate as bad, or as deferred until
+/// `retry_after_ms`; the decision is written before the pointers move.
+fn end_trial(
+    store: &Store,
+    state_file: &StateFile,
+    state: &mut UpdaterState,
+    reason: &str,
+    retry_after_ms: Option<u64>,
+    now_ms: u64,
+) -> Result<Option<ModelRef>, InstallError> {
     let Some(trial) = state.trial.as_mut() else {
         return Ok(None);
     };
     if trial.phase == TrialPhase::Running {
         trial.phase = TrialPhase::Reverting {
             reason: reason.to_owned(),
+            retry_after_ms,
         };
     }
+    let retry_after_ms = match &trial.phase {
+        TrialPhase::Reverting { retry_after_ms, .. } => *retry_after_ms,
+        TrialPhase::Running => None,
+    };
     let candidate = trial.candidate.clone();
-    state.bad.insert(
-        candidate.sha256.clone(),
-        BadVersion {
-            model: candidate.model.clone(),
-            model_version: candidate.model_version,
-            reason: reason.to_owned(),
-            at_ms: now_ms,
-        },
-    );
+    match retry_after_ms {
+        Some(retry_after_ms) => {
+            let refusals = state
+                .deferred
+                .get(&candidate.sha256)
+                .map_or(0, |d| d.refusals)
+                + 1;
+            state.deferred.insert(
+                candidate.sha256.clone(),
+                DeferredVersion {
+                    model: candidate.model.clone(),
+                    model_version: candidate.model_version,
+                    reason: reason.to_owned(),
+                    refusals,
+                    retry_after_ms,
+                },
+            );
+        }
+        None => {
+            state.deferred.remove(&candidate.sha256);
+            state.bad.insert(
+                candidate.sha256.clone(),
+                BadVersion {
+                    model: candidate.model.clone(),
+                    model_version: candidate.model_version,
+                    reason: reason.to_owned(),
+                    at_ms: now_ms,
+                },
+            );
+        }
+    }
     state_file.save(state)?;
     finish_revert(store, state)?;
     state.trial = None;
@@ -236,8 +309,11 @@ pub fn recover(
         return Ok(None);
     };
     match trial.phase.clone() {
-        TrialPhase::Reverting { reason } => {
-            revert(store, state_file, state, &reason, now_ms)?;
+        TrialPhase::Reverting {
+            reason,
+            retry_after_ms,
+        } => {
+            end_trial(store, state_file, state, &reason, retry_after_ms, now_ms)?;
             Ok(Some(reason))
         }
         TrialPhase::Running => {
@@ -302,45 +378,118 @@ mod tests {
     const SHIPPED: &[u8] = include_bytes!("../../models/shipped/surface-classifier.dmb");
 
     #[test]
-    fn a_trial_that_could_not_be_recorded_leaves_the_model_floor_where_it_was() {
+    fn the_model_floor_rises_when_a_trial_commits_never_when_it_starts_or_is_reverted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("store")).expect("store");
         let sha = store.add(SHIPPED).expect("add");
         store.set_pointer(Pointer::Current, &sha).expect("current");
         let trust = TrustStore::open(&dir.path().join("state")).expect("trust");
-        let (current, evidence) = survey(&store);
+        let state_file = StateFile::new(dir.path());
+        let (current, _) = survey(&store);
         let current = current.expect("current bundle");
-        let before = trust
-            .load_floor(&evidence)
-            .expect("floor")
-            .floor
-            .model_version(&current.model);
-        // The state file's folder does not exist: recording the trial fails, as it would if
-        // the updater died before the write.
-        let state_file = StateFile::new(&dir.path().join("missing"));
-        let mut state = UpdaterState::default();
+        let floor = || {
+            let (_, evidence) = survey(&store);
+            trust
+                .load_floor(&evidence)
+                .expect("floor")
+                .floor
+                .model_version(&current.model)
+        };
+        let before = floor();
         let candidate = ModelRef {
             model_version: current.model_version + 4,
             ..current.clone()
         };
-        let started = start_trial(
+        let mut state = UpdaterState::default();
+        start_trial(
             &store,
             &state_file,
             &mut state,
-            &trust,
-            candidate,
+            candidate.clone(),
             0,
             60_000,
-        );
-        assert!(started.is_err(), "the trial was recorded");
-        let after = trust
-            .load_floor(&evidence)
-            .expect("floor")
-            .floor
-            .model_version(&current.model);
+        )
+        .expect("start");
+        assert_eq!(floor(), before, "raised when the trial started");
+        revert(&store, &state_file, &mut state, "refused", 1).expect("revert");
+        assert_eq!(floor(), before, "raised by a version that was reverted");
+        start_trial(
+            &store,
+            &state_file,
+            &mut state,
+            candidate.clone(),
+            2,
+            60_000,
+        )
+        .expect("start again");
+        commit(&store, &state_file, &mut state, &trust).expect("commit");
+        assert_eq!(floor(), candidate.model_version);
+    }
+
+    #[test]
+    fn a_trial_refused_on_latency_is_reverted_and_deferred_with_a_growing_wait_not_marked_bad() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("store");
+        let old = store.add(SHIPPED).expect("add");
+        store.set_pointer(Pointer::Current, &old).expect("current");
+        let state_file = StateFile::new(dir.path());
+        let mut state = UpdaterState::default();
+        let candidate = ModelRef {
+            model: "surface-classifier".into(),
+            model_version: 2,
+            version: "2".into(),
+            sha256: "c".repeat(64),
+        };
+        let trial = |state: &mut UpdaterState| {
+            state.trial = Some(Trial {
+                candidate: candidate.clone(),
+                restore_current: Some(old.clone()),
+                restore_previous: None,
+                started_ms: 0,
+                deadline_ms: 60_000,
+                phase: TrialPhase::Running,
+            });
+        };
+        trial(&mut state);
+        let deferred = defer(&store, &state_file, &mut state, "over budget", 1_000)
+            .expect("defer")
+            .expect("a trial was running");
+        assert_eq!(deferred, candidate);
         assert_eq!(
-            after, before,
-            "the floor names a model_version that was never installed"
+            store.pointer(Pointer::Current).expect("current"),
+            Some(old.clone())
         );
+        assert!(state.bad.is_empty(), "{:?}", state.bad);
+        let first = state.deferred[&candidate.sha256].clone();
+        assert_eq!(first.refusals, 1);
+        assert_eq!(
+            first.retry_after_ms,
+            1_000 + crate::state::latency_backoff_ms(1)
+        );
+
+        trial(&mut state);
+        defer(&store, &state_file, &mut state, "over budget", 2_000_000).expect("defer");
+        let second = &state.deferred[&candidate.sha256];
+        assert_eq!(second.refusals, 2);
+        assert_eq!(
+            second.retry_after_ms,
+            2_000_000 + crate::state::latency_backoff_ms(2)
+        );
+        let (saved, problem) = state_file.load();
+        assert!(problem.is_none());
+        assert_eq!(saved.deferred, state.deferred, "the deferral is durable");
+
+        // A later refusal that is not about latency marks it bad and ends the deferral.
+        trial(&mut state);
+        revert(
+            &store,
+            &state_file,
+            &mut state,
+            "golden mismatch",
+            3_000_000,
+        )
+        .expect("revert");
+        assert!(state.bad.contains_key(&candidate.sha256));
+        assert!(state.deferred.is_empty());
     }
 }

@@ -66,11 +66,26 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Validate a configuration file and exit (78 when invalid).
+    /// Let a version marked bad (or deferred after a latency refusal) be installed again, at
+    /// the next check: give its model_version or its bundle SHA-256 (8 hex digits or more).
+    ForgetBad {
+        /// The model_version or bundle SHA-256 to forget.
+        version: String,
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and the files and folders it names, as the user running
+    /// it (run it as the service user), and exit (78 when invalid). With the agent's
+    /// configuration (by default /etc/defect-agent/defect-agent.toml when it exists), also
+    /// check that both name the same health report and model store.
     CheckConfig {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// The agent's configuration file, to compare with.
+        #[arg(long)]
+        agent_config: Option<PathBuf>,
     },
     /// Deprecated: runs `defect-central repo` with the same arguments.
     #[command(hide = true, disable_help_flag = true)]
@@ -80,6 +95,10 @@ enum Command {
         args: Vec<OsString>,
     },
 }
+
+/// Where the packaged agent's configuration lives; `check-config` compares with it when it
+/// exists.
+const DEFAULT_AGENT_CONFIG: &str = "/etc/defect-agent/defect-agent.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -126,7 +145,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let source = service::configured_source(&config)?;
+            let source = match service::configured_source(&config) {
+                Ok(source) => source,
+                Err(error) => {
+                    eprintln!("model-updater: {}", error_chain::chain(&error));
+                    return Ok(ExitCode::from(if error.is_offline() { 3 } else { 1 }));
+                }
+            };
             one_cycle(config, source).await
         }
         Command::InstallFrom { path, config } => {
@@ -134,7 +159,13 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let source = Source::local(&path, config.repository.trusted_root.clone())?;
+            let source = match Source::local(&path, config.repository.trusted_root.clone()) {
+                Ok(source) => source,
+                Err(error) => {
+                    eprintln!("model-updater: {}", error_chain::chain(&error));
+                    return Ok(ExitCode::from(if error.is_offline() { 3 } else { 1 }));
+                }
+            };
             one_cycle(config, source).await
         }
         Command::Status { config, json } => {
@@ -151,10 +182,34 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             approve(&config)
         }
-        Command::CheckConfig { config } => Ok(match load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
+        Command::ForgetBad { version, config } => {
+            let config = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            forget_bad(&config, &version)
+        }
+        Command::CheckConfig {
+            config,
+            agent_config,
+        } => Ok(match load(&config) {
+            Ok(parsed) => {
+                let agent_config = agent_config.or_else(|| {
+                    let default = PathBuf::from(DEFAULT_AGENT_CONFIG);
+                    default.exists().then_some(default)
+                });
+                let problems = parsed.path_problems(agent_config.as_deref());
+                if problems.is_empty() {
+                    println!("{}: ok", config.display());
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "model-updater: config {} has {} problem(s):\n{problems}",
+                        config.display(),
+                        problems.len()
+                    );
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
             Err(code) => code,
         }),
@@ -232,6 +287,9 @@ fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     if let Some(warning) = &status.clock_warning {
         println!("clock:         {warning}");
     }
+    for deferred in &status.deferred {
+        println!("deferred:      {deferred}");
+    }
     for bad in &status.bad {
         println!("marked bad:    {bad}");
     }
@@ -272,6 +330,57 @@ fn approve(config: &Config) -> anyhow::Result<ExitCode> {
         "approved {} model_version {} ({}): promoted once its evidence holds",
         run.candidate.model, run.candidate.model_version, run.candidate.sha256
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn forget_bad(config: &Config, version: &str) -> anyhow::Result<ExitCode> {
+    let state_dir = &config.paths.state_dir;
+    let (state, problem) = model_updater::state::StateFile::new(state_dir).load();
+    if let Some(problem) = problem {
+        return Err(anyhow::Error::new(problem).context("updater state is damaged"));
+    }
+    let matches = |sha: &str, model_version: u64| {
+        model_updater::service::forget_matches(version, sha, model_version)
+    };
+    let held: Vec<String> = state
+        .bad
+        .iter()
+        .filter(|(sha, bad)| matches(sha, bad.model_version))
+        .map(|(sha, bad)| {
+            format!(
+                "model_version {} ({sha}), marked bad: {}",
+                bad.model_version, bad.reason
+            )
+        })
+        .chain(
+            state
+                .deferred
+                .iter()
+                .filter(|(sha, d)| matches(sha, d.model_version))
+                .map(|(sha, d)| {
+                    format!(
+                        "model_version {} ({sha}), deferred: {}",
+                        d.model_version, d.reason
+                    )
+                }),
+        )
+        .collect();
+    if held.is_empty() {
+        eprintln!(
+            "model-updater: no bad or deferred version matches {version:?} (see `model-updater status`)"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let path = model_updater::service::forget_path(state_dir);
+    let mut requests = std::fs::read_to_string(&path).unwrap_or_default();
+    requests.push_str(version.trim());
+    requests.push('\n');
+    defect_shared::atomic::write(&path, requests.as_bytes())
+        .with_context(|| format!("{}", path.display()))?;
+    for line in held {
+        println!("forgetting {line}");
+    }
+    println!("applied at the next check (the daemon's next cycle, or `model-updater check`)");
     Ok(ExitCode::SUCCESS)
 }
 

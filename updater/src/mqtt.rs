@@ -39,8 +39,9 @@ impl Link {
         mut status: watch::Receiver<Status>,
         announce: std::sync::Arc<Notify>,
         approval: std::path::PathBuf,
-    ) -> Link {
+    ) -> Result<Link, defect_shared::mqtt_tls::TlsFileError> {
         let mut options = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+        options.set_transport(defect_shared::mqtt_tls::transport(settings.tls.as_ref())?);
         options.set_keep_alive(Duration::from_secs(settings.keep_alive_s.max(5)));
         options.set_clean_session(true);
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
@@ -94,11 +95,11 @@ impl Link {
                 }
             }
         });
-        Link {
+        Ok(Link {
             client,
             topic,
             task,
-        }
+        })
     }
 
     /// Publishes the stopped status retained and disconnects, waiting briefly for the broker.

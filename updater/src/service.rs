@@ -36,7 +36,8 @@ pub enum Outcome {
     UpToDate,
     /// A new bundle serves and was committed.
     Installed(ModelRef),
-    /// A new bundle failed its trial, was reverted and marked bad.
+    /// A new bundle failed its trial and was reverted: marked bad, or deferred when the agent
+    /// refused it on latency alone (the reason says which).
     Reverted {
         /// The bundle that failed.
         candidate: ModelRef,
@@ -79,6 +80,9 @@ pub enum UpdateError {
     /// The metrics listener could not start.
     #[error(transparent)]
     Metrics(#[from] BindError),
+    /// A file of `[mqtt.tls]` could not be read.
+    #[error("[mqtt.tls]")]
+    MqttTls(#[from] defect_shared::mqtt_tls::TlsFileError),
 }
 
 impl UpdateError {
@@ -187,6 +191,21 @@ impl Updater {
             .iter()
             .map(|(sha, b)| format!("{} {} ({}): {}", b.model, b.model_version, sha, b.reason))
             .collect();
+        let deferred = self
+            .state
+            .deferred
+            .iter()
+            .map(|(sha, d)| {
+                format!(
+                    "{} {} ({}): tried again after {}: {}",
+                    d.model,
+                    d.model_version,
+                    sha,
+                    clock::rfc3339(d.retry_after_ms),
+                    d.reason
+                )
+            })
+            .collect();
         let pending = self
             .state
             .trial
@@ -196,6 +215,7 @@ impl Updater {
         self.board.update(|s| {
             s.current = current;
             s.bad = bad;
+            s.deferred = deferred;
             if pending.is_some() {
                 s.pending = pending;
                 s.state = Phase::Trial;
@@ -218,7 +238,7 @@ impl Updater {
                         tracing::info!(model = %m.model, model_version = m.model_version, sha256 = %m.sha256, "new model installed and committed")
                     }
                     Outcome::Reverted { candidate, reason } => {
-                        tracing::error!(model = %candidate.model, model_version = candidate.model_version, sha256 = %candidate.sha256, reason, "new model reverted and marked bad")
+                        tracing::error!(model = %candidate.model, model_version = candidate.model_version, sha256 = %candidate.sha256, reason, "new model reverted")
                     }
                 }
                 self.board.update(|s| {
@@ -260,7 +280,39 @@ impl Updater {
         result
     }
 
+    /// Applies a `model-updater forget-bad` request: the matching bad and deferred versions
+    /// may be installed again.
+    fn forget_requested(&mut self) -> Result<(), UpdateError> {
+        let path = forget_path(&self.config.paths.state_dir);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(());
+        };
+        for request in text.lines().filter(|l| !l.trim().is_empty()) {
+            let before = self.state.bad.len() + self.state.deferred.len();
+            self.state
+                .bad
+                .retain(|sha, bad| !forget_matches(request, sha, bad.model_version));
+            self.state
+                .deferred
+                .retain(|sha, d| !forget_matches(request, sha, d.model_version));
+            let forgotten = before - self.state.bad.len() - self.state.deferred.len();
+            if forgotten == 0 {
+                tracing::warn!(request, "forget-bad: no bad or deferred version matches");
+            } else {
+                tracing::warn!(request, forgotten, "forget-bad: may be installed again");
+            }
+        }
+        self.state_file
+            .save(&self.state)
+            .map_err(InstallError::from)?;
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %error_chain::chain(&error), "cannot remove the forget-bad request");
+        }
+        Ok(())
+    }
+
     async fn cycle_inner(&mut self, source: &Source) -> Result<Outcome, UpdateError> {
+        self.forget_requested()?;
         // A trial a restart interrupted is finished first; the check then goes on, so one cycle
         // always ends at the newest version this box should run.
         let mut resumed = if self.state.trial.is_some() {
@@ -307,12 +359,25 @@ impl Updater {
             &verified.releases,
             &self.config.target,
             floor,
-            &self.state.bad,
+            &select::Held {
+                bad: &self.state.bad,
+                deferred: &self.state.deferred,
+                now_ms: clock::now_ms(),
+            },
         );
         for refused in &choice.refused {
             tracing::warn!(refused, "release refused");
         }
         let Some(release) = choice.install else {
+            if choice.skipped.is_empty() {
+                tracing::info!(
+                    releases = verified.releases.len(),
+                    "nothing to install: the repository offers no release"
+                );
+            }
+            for skipped in &choice.skipped {
+                tracing::info!(skipped, "nothing to install from this release");
+            }
             return Ok(resumed.unwrap_or(Outcome::UpToDate));
         };
         self.install(release).await
@@ -406,7 +471,6 @@ impl Updater {
             &self.store,
             &self.state_file,
             &mut self.state,
-            &self.trust,
             candidate,
             clock::now_ms(),
             timeout_ms,
@@ -524,8 +588,12 @@ impl Updater {
             match trial::judge(trial, report.as_ref(), clock::now_ms(), max_attempts) {
                 Verdict::Pending => tokio::time::sleep(Duration::from_millis(200)).await,
                 Verdict::Healthy => {
-                    let committed =
-                        install::commit(&self.store, &self.state_file, &mut self.state)?;
+                    let committed = install::commit(
+                        &self.store,
+                        &self.state_file,
+                        &mut self.state,
+                        &self.trust,
+                    )?;
                     return Ok(committed.map_or(Outcome::UpToDate, Outcome::Installed));
                 }
                 Verdict::Failed(reason) => {
@@ -541,9 +609,68 @@ impl Updater {
                         None => Outcome::UpToDate,
                     });
                 }
+                Verdict::Deferred(reason) => {
+                    let deferred = install::defer(
+                        &self.store,
+                        &self.state_file,
+                        &mut self.state,
+                        &reason,
+                        clock::now_ms(),
+                    )?;
+                    let Some(candidate) = deferred else {
+                        return Ok(Outcome::UpToDate);
+                    };
+                    let retry = self
+                        .state
+                        .deferred
+                        .get(&candidate.sha256)
+                        .map_or(0, |d| d.retry_after_ms);
+                    let reason = format!(
+                        "{reason}; on latency alone, so it is not marked bad: tried again after {}",
+                        clock::rfc3339(retry)
+                    );
+                    tracing::warn!(model_version = candidate.model_version, %reason, "model deferred");
+                    return Ok(Outcome::Reverted { candidate, reason });
+                }
             }
         }
     }
+}
+
+/// Tells systemd about the daemon's state (`Type=notify`); without systemd, nothing happens.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(error) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %Chain(&error), "cannot notify systemd");
+    }
+}
+
+/// Pings the systemd watchdog at half its period while the daemon's runtime runs (a cycle may
+/// wait minutes on a download; a runtime that stopped scheduling tasks is what the watchdog
+/// catches). Returns at once when no watchdog is set.
+async fn watchdog() {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(100));
+    loop {
+        notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// The file `model-updater forget-bad` writes: what to forget, one model_version or bundle
+/// SHA-256 per line; applied and removed at the start of the next cycle.
+pub fn forget_path(state_dir: &std::path::Path) -> PathBuf {
+    state_dir.join("forget-bad")
+}
+
+/// Whether a held version (bad or deferred) matches a `forget-bad` request line: its
+/// `model_version`, or its SHA-256 or a prefix of at least 8 hex digits.
+pub fn forget_matches(request: &str, sha256: &str, model_version: u64) -> bool {
+    let request = request.trim();
+    request.parse::<u64>().is_ok_and(|v| v == model_version)
+        || (request.len() >= 8 && sha256.starts_with(&request.to_ascii_lowercase()))
 }
 
 /// The file `model-updater approve` writes: the SHA-256 of the canary candidate ops approved.
@@ -568,11 +695,13 @@ fn remove_other_downloads(keep: &std::path::Path) {
 
 /// The configured repository as a [`Source`].
 pub fn configured_source(config: &Config) -> Result<Source, CheckError> {
-    Source::new(
+    let (Some(metadata), Some(targets)) = (
         &config.repository.metadata_url,
         &config.repository.targets_url,
-        config.repository.trusted_root.clone(),
-    )
+    ) else {
+        return Err(CheckError::NoRepositoryUrl);
+    };
+    Source::new(metadata, targets, config.repository.trusted_root.clone())
 }
 
 /// Runs the daemon until `shutdown` resolves: a cycle now, then one per interval (with jitter)
@@ -581,7 +710,18 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), UpdateError> {
-    let source = configured_source(&config)?;
+    // An air-gapped box has no repository URL: the daemon still finishes an interrupted trial
+    // (when it opens the state) and reports its status, and `install-from` does the installs.
+    let source = match configured_source(&config) {
+        Ok(source) => Some(source),
+        Err(CheckError::NoRepositoryUrl) => {
+            tracing::info!(
+                "no repository URL: this box installs from a folder only (model-updater install-from); not checking"
+            );
+            None
+        }
+        Err(error) => return Err(error.into()),
+    };
     let mut updater = Updater::open(config)?;
     let (stop_metrics, metrics_stopped) = tokio::sync::watch::channel(false);
     let metrics = match &updater.config().metrics {
@@ -596,18 +736,27 @@ pub async fn run(
         None => None,
     };
     let announce = Arc::new(Notify::new());
-    let link = updater.config().mqtt.as_ref().map(|mqtt| {
-        crate::mqtt::Link::start(
+    let link = match updater.config().mqtt.as_ref() {
+        Some(mqtt) => Some(crate::mqtt::Link::start(
             mqtt,
             updater.board().subscribe(),
             announce.clone(),
             approval_path(&updater.config().paths.state_dir),
-        )
-    });
+        )?),
+        None => None,
+    };
+    // Ready once the state is recovered, the metrics listener bound and the broker link set
+    // up; the watchdog is pinged from the same runtime the cycles run on.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog());
     tokio::pin!(shutdown);
     loop {
+        let Some(source) = &source else {
+            shutdown.as_mut().await;
+            break;
+        };
         tokio::select! {
-            _ = updater.cycle(&source) => {}
+            _ = updater.cycle(source) => {}
             () = &mut shutdown => break,
         }
         let poll = &updater.config().poll;
@@ -620,6 +769,8 @@ pub async fn run(
         }
     }
     tracing::info!("stopping");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    watchdog.abort();
     let board = updater.board();
     board.update(|s| s.state = Phase::Stopped);
     if let Some(link) = link {

@@ -35,6 +35,10 @@ pub enum TrialPhase {
     Reverting {
         /// Why it failed.
         reason: String,
+        /// Set when it failed on latency alone: it is deferred (tried again after this
+        /// instant, Unix ms) rather than marked bad.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -80,6 +84,30 @@ pub struct BadVersion {
     pub at_ms: u64,
 }
 
+/// A version the agent refused on latency alone, to be tried again later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeferredVersion {
+    /// Model name.
+    pub model: String,
+    /// Integer model version.
+    pub model_version: u64,
+    /// Why it was deferred (the agent's latency measurement).
+    pub reason: String,
+    /// How many times it was refused on latency.
+    pub refusals: u32,
+    /// Not tried again before this instant (Unix ms).
+    pub retry_after_ms: u64,
+}
+
+/// The wait before a version refused on latency alone `refusals` times is tried again:
+/// 10 minutes, doubling with each refusal, at most a day.
+pub fn latency_backoff_ms(refusals: u32) -> u64 {
+    const FIRST_MS: u64 = 10 * 60 * 1000;
+    const MOST_MS: u64 = 24 * 60 * 60 * 1000;
+    let doublings = refusals.saturating_sub(1).min(16);
+    FIRST_MS.saturating_mul(1 << doublings).min(MOST_MS)
+}
+
 /// The persisted state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UpdaterState {
@@ -94,6 +122,9 @@ pub struct UpdaterState {
     /// Versions never to install again, by bundle SHA-256.
     #[serde(default)]
     pub bad: BTreeMap<String, BadVersion>,
+    /// Versions refused on latency alone, tried again after a backoff, by bundle SHA-256.
+    #[serde(default)]
+    pub deferred: BTreeMap<String, DeferredVersion>,
 }
 
 /// Why the state could not be read or written.
@@ -152,6 +183,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_version_refused_on_latency_waits_10_minutes_doubling_to_a_day() {
+        const MIN: u64 = 60 * 1000;
+        assert_eq!(latency_backoff_ms(1), 10 * MIN);
+        assert_eq!(latency_backoff_ms(2), 20 * MIN);
+        assert_eq!(latency_backoff_ms(4), 80 * MIN);
+        assert_eq!(latency_backoff_ms(9), 24 * 60 * MIN);
+        assert_eq!(latency_backoff_ms(u32::MAX), 24 * 60 * MIN);
+    }
+
+    #[test]
     fn a_trial_round_trips_and_a_torn_file_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = StateFile::new(dir.path());
@@ -173,10 +214,12 @@ mod tests {
                 started_ms: 1,
                 deadline_ms: 2,
                 phase: TrialPhase::Reverting {
+                    retry_after_ms: Some(9),
                     reason: "refused".into(),
                 },
             }),
             bad: BTreeMap::new(),
+            deferred: BTreeMap::new(),
         };
         file.save(&state).expect("save");
         let (loaded, problem) = file.load();

@@ -156,6 +156,9 @@ pub struct Status {
     /// Versions marked bad on this box (SHA-256 and reason).
     #[serde(default)]
     pub bad: Vec<String>,
+    /// Versions refused on latency alone, tried again later (SHA-256, when, and reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deferred: Vec<String>,
     /// Last change (Unix ms).
     pub at_ms: u64,
 }
@@ -172,6 +175,7 @@ impl Default for Status {
             last_error: None,
             clock_warning: None,
             bad: Vec::new(),
+            deferred: Vec::new(),
             at_ms: 0,
         }
     }

@@ -2,9 +2,10 @@
 //!
 //! This module owns one pure decision: given the trial and the agent's latest report, is the
 //! new bundle healthy (the agent validated it and serves it), failed (the agent refused it,
-//! kept dying while loading it, or said nothing before the deadline), or still pending.
+//! kept dying while loading it, or said nothing before the deadline), deferred (the agent
+//! refused it on latency alone, which a busy box measures: try again later), or still pending.
 
-use defect_models::health::{HealthState, ModelHealth};
+use defect_models::health::{HealthState, ModelHealth, Refusal};
 
 use crate::state::Trial;
 
@@ -17,6 +18,9 @@ pub enum Verdict {
     Healthy,
     /// The bundle must be reverted, for this reason.
     Failed(String),
+    /// The bundle must be reverted for now and tried again later: the agent measured it over
+    /// its latency budget, which says as much about the box's load as about the model.
+    Deferred(String),
 }
 
 /// Judges a trial at `now_ms` from the agent's report.
@@ -31,10 +35,14 @@ pub fn judge(
         match report.state {
             HealthState::Serving => return Verdict::Healthy,
             HealthState::Refused => {
-                return Verdict::Failed(format!(
+                let reason = format!(
                     "the agent refused it: {}",
                     report.error.as_deref().unwrap_or("no reason given")
-                ));
+                );
+                return match report.refusal {
+                    Some(Refusal::OverBudget) => Verdict::Deferred(reason),
+                    Some(Refusal::Rejected) | None => Verdict::Failed(reason),
+                };
             }
             HealthState::Loading if report.attempt > max_attempts => {
                 return Verdict::Failed(format!(
@@ -83,6 +91,7 @@ mod tests {
             attempt,
             model_version: Some(2),
             error: Some("golden sample 3 misclassified".into()),
+            refusal: None,
             agent_pid: 7,
             at_ms: 2_000,
         }
@@ -100,6 +109,22 @@ mod tests {
         assert!(
             matches!(judge(&t, Some(&refused), 2_000, 3), Verdict::Failed(r) if r.contains("golden"))
         );
+        let slow = ModelHealth {
+            error: Some("median inference time 38.00 ms is over the latency budget".into()),
+            refusal: Some(Refusal::OverBudget),
+            ..report("new", HealthState::Refused, 1)
+        };
+        assert!(
+            matches!(judge(&t, Some(&slow), 2_000, 3), Verdict::Deferred(r) if r.contains("latency"))
+        );
+        let rejected = ModelHealth {
+            refusal: Some(Refusal::Rejected),
+            ..report("new", HealthState::Refused, 1)
+        };
+        assert!(matches!(
+            judge(&t, Some(&rejected), 2_000, 3),
+            Verdict::Failed(_)
+        ));
         let loading = report("new", HealthState::Loading, 3);
         assert_eq!(judge(&t, Some(&loading), 2_000, 3), Verdict::Pending);
         let looping = report("new", HealthState::Loading, 4);

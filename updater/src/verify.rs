@@ -60,6 +60,18 @@ impl Source {
             path: dir.to_owned(),
             source,
         })?;
+        let metadata = absolute.join("metadata");
+        if !metadata.is_dir() {
+            let what = if absolute.exists() {
+                format!("{} has no metadata/ folder", absolute.display())
+            } else {
+                format!("{} does not exist", absolute.display())
+            };
+            return Err(CheckError::NoRepository {
+                path: absolute,
+                what,
+            });
+        }
         let url = |sub: &str| {
             Url::from_directory_path(absolute.join(sub)).map_err(|()| CheckError::UnusablePath {
                 path: absolute.clone(),
@@ -162,6 +174,20 @@ pub enum CheckError {
         #[source]
         source: std::io::Error,
     },
+    /// A local repository folder (a USB stick's) holds no repository: not mounted, or the
+    /// wrong folder. The quiet kind, like an unreachable server.
+    #[error("no repository at {}: {what}", path.display())]
+    NoRepository {
+        /// The folder.
+        path: PathBuf,
+        /// What is missing.
+        what: String,
+    },
+    /// The configuration names no repository URL: the box installs from a folder only.
+    #[error(
+        "no repository URL in [repository] (metadata_url, targets_url): this box installs from a folder only, with `model-updater install-from PATH`"
+    )]
+    NoRepositoryUrl,
     /// A local repository folder cannot be written as a `file://` URL.
     #[error("{} is not a usable path", path.display())]
     UnusablePath {
@@ -201,7 +227,12 @@ pub enum CheckError {
 impl CheckError {
     /// Whether the failure is the quiet kind (no connectivity) rather than a loud one.
     pub fn is_offline(&self) -> bool {
-        matches!(self, CheckError::Offline { .. })
+        matches!(
+            self,
+            CheckError::Offline { .. }
+                | CheckError::NoRepository { .. }
+                | CheckError::NoRepositoryUrl
+        )
     }
 }
 

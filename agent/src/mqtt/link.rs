@@ -56,7 +56,7 @@ pub enum LinkEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// A TLS or credential file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {}", path.display())]
     ReadFile {
         /// The file named in the configuration.
         path: std::path::PathBuf,
@@ -255,25 +255,10 @@ fn credentials(m: &MqttSection) -> Result<Option<(String, String)>, LinkError> {
 }
 
 fn transport(m: &MqttSection) -> Result<rumqttc::Transport, LinkError> {
-    let Some(tls) = &m.tls else {
-        return Ok(rumqttc::Transport::Tcp);
-    };
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| LinkError::ReadFile {
-            path: path.to_owned(),
-            source,
-        })
-    };
-    let ca = read(&tls.ca_file)?;
-    let client_auth = match (&tls.client_cert, &tls.client_key) {
-        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
-        _ => None,
-    };
-    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    }))
+    defect_shared::mqtt_tls::transport(m.tls.as_ref()).map_err(|e| LinkError::ReadFile {
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Exponential reconnect delay with full jitter in its upper half.

@@ -77,19 +77,8 @@ pub struct MqttSection {
     pub tls: Option<TlsSection>,
 }
 
-/// TLS to the broker (`[mqtt.tls]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM file of the certificate authority that signed the broker's certificate.
-    pub ca_file: PathBuf,
-    /// PEM client certificate, for brokers that require client authentication.
-    #[serde(default)]
-    pub client_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    #[serde(default)]
-    pub client_key: Option<PathBuf>,
-}
+/// TLS to the broker (`[mqtt.tls]`), shared with the updater.
+pub use defect_shared::mqtt_tls::TlsSection;
 
 fn default_mqtt_host() -> String {
     "127.0.0.1".to_owned()

@@ -152,11 +152,19 @@ impl Worker {
             );
             return;
         };
+        // A frame that first builds the classifier (a new model, or after a panic) runs cold:
+        // its time says nothing about the frames after it, so admission does not learn from it.
+        let warm = self
+            .classifier
+            .as_ref()
+            .is_some_and(|classifier| classifier.model().digest() == model.digest());
         let started = Instant::now();
         let classified = catch_unwind(AssertUnwindSafe(|| self.classify(&model, &bytes)));
         let result = match classified {
             Ok(Ok(result)) => {
-                self.pipeline.admission().record(started.elapsed());
+                if warm {
+                    self.pipeline.admission().record(started.elapsed());
+                }
                 result
             }
             Ok(Err((reason, detail))) => {
@@ -185,6 +193,22 @@ impl Worker {
         self.pipeline.metrics().classified(&result.timings);
         let mut outcome = decided(&ticket, &model, &result);
         let stats = Some(frame_stats(&model, &result));
+        // A decision made so close to its deadline that logging it (then publishing it) cannot
+        // end in time would never reach the PLC: the part gets its "no decision" now, within
+        // the grace a no-decision has, and the model's result is recorded as late.
+        let left = ticket
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        let output = self.pipeline.admission().output_time();
+        if left <= output && !ticket.is_claimed() {
+            let detail = format!(
+                "decided {} ms before its deadline, less than the {:.1} ms logging and publishing take",
+                left.as_millis(),
+                output.as_secs_f64() * 1000.0
+            );
+            self.pipeline
+                .no_decision(&ticket, NoDecisionReason::Deadline, Some(detail));
+        }
         if ticket.claim() {
             self.pipeline.emit_live(outcome, &ticket, stats);
         } else {

@@ -157,6 +157,11 @@ fn a_bundle_failing_the_golden_samples_is_reported_refused_and_the_old_model_kee
         r.sha256 == broken && r.state != HealthState::Loading
     });
     assert_eq!(report.state, HealthState::Refused, "{report:?}");
+    assert_eq!(
+        report.refusal,
+        Some(health::Refusal::Rejected),
+        "golden samples that do not match are no matter of load: {report:?}"
+    );
     assert_eq!(report.model_version, Some(3));
     assert_eq!(report.attempt, 1);
     let error = report.error.clone().expect("a refusal has its reason");
@@ -188,6 +193,7 @@ fn a_restart_after_dying_while_loading_reports_the_second_attempt() {
             attempt: 1,
             model_version: None,
             error: None,
+            refusal: None,
             agent_pid: 1,
             at_ms: 1,
         },

@@ -1,4 +1,4 @@
-//! The agent connects to a broker that requires TLS, a client certificate and a password,
+//! Both daemons connect to a broker that requires TLS, a client certificate and a password,
 //! with certificates made by openssl for the test.
 
 use std::path::Path;
@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use defect_e2e::agent_process::{AgentProcess, AgentSettings};
 use defect_e2e::broker::{Mosquitto, free_port};
+use defect_e2e::publisher::OwnRepo;
+use defect_e2e::repo_server::RepoServer;
 use defect_e2e::subscriber::{Subscriber, Version};
+use defect_e2e::updater_box::{BoxSettings, UpdaterBox};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -90,10 +93,10 @@ fn make_certificates(dir: &Path) {
     }
 }
 
-#[test]
-fn the_agent_publishes_over_tls_with_a_client_certificate_and_a_password() {
-    let certs = tempfile::tempdir().expect("tempdir");
-    let dir = certs.path();
+/// A broker whose TLS listener requires a client certificate and the password of user
+/// `vision` (`s3cret`), and whose plain loopback listener (the second port) lets the test's
+/// subscriber in.
+fn tls_broker(dir: &Path) -> (Mosquitto, u16) {
     make_certificates(dir);
     let passwords = dir.join("passwords");
     let status = Command::new("mosquitto_passwd")
@@ -113,6 +116,14 @@ fn the_agent_publishes_over_tls_with_a_client_certificate_and_a_password() {
         pw = passwords.display(),
         d = dir.display(),
     ));
+    (broker, plain)
+}
+
+#[test]
+fn the_agent_publishes_over_tls_with_a_client_certificate_and_a_password() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let (broker, plain) = tls_broker(dir);
     let mut settings = AgentSettings::new(broker.port);
     settings.mqtt_extra = format!(
         "username = \"vision\"\npassword_file = {:?}\n[mqtt.tls]\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
@@ -130,5 +141,38 @@ fn the_agent_publishes_over_tls_with_a_client_certificate_and_a_password() {
         }),
         "the agent never came online over TLS; log:\n{}",
         agent.log()
+    );
+}
+
+#[test]
+fn the_updater_publishes_its_status_over_tls_with_a_client_certificate_and_a_password() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path();
+    let (broker, plain) = tls_broker(dir);
+    let repo = OwnRepo::init();
+    let server = RepoServer::start(&repo.repo);
+    let edge = UpdaterBox::new(&BoxSettings::new(&server.url("/"), &repo.first_root()));
+    let prefix = "acme/plant1/assembly/line3/vision";
+    edge.append_config(&format!(
+        "[mqtt]\nport = {}\nclient_id = \"updater-tls\"\ntopic_prefix = \"{prefix}\"\n\
+         username = \"vision\"\npassword = \"s3cret\"\n\
+         [mqtt.tls]\nca_file = {:?}\nclient_cert = {:?}\nclient_key = {:?}\n",
+        broker.port,
+        dir.join("ca.pem"),
+        dir.join("client.pem"),
+        dir.join("client.key"),
+    ));
+    let watcher = Subscriber::start(plain, &format!("{prefix}/updater"), Version::V311);
+    let log = edge.path().join("daemon.log");
+    let mut daemon = edge.spawn("run", &log);
+    let idle = watcher.wait_until(Duration::from_secs(60), |m| {
+        m.last().is_some_and(|l| l.json()["state"] == "idle")
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        idle,
+        "the updater never published its status over TLS; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
 }

@@ -108,3 +108,75 @@ fn the_daemon_reports_its_status_retained_and_installs_at_once_when_an_update_is
         daemon_log()
     );
 }
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pings_and_stopping_on_sigterm_from_the_updater() {
+    use std::os::unix::net::UnixDatagram;
+    let repo = OwnRepo::init();
+    let server = RepoServer::start(&repo.repo);
+    let edge = defect_e2e::updater_box::UpdaterBox::new(&BoxSettings::new(
+        &server.url("/"),
+        &repo.first_root(),
+    ));
+    let socket_path = edge.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket.set_read_timeout(Some(WAIT)).expect("timeout");
+    let config = edge.path().join("model-updater.toml");
+    let log = std::fs::File::create(edge.path().join("daemon.log")).expect("log");
+    // As systemd starts it: WATCHDOG_PID names the daemon itself (`exec` keeps the shell's
+    // pid), and a 300 ms watchdog is pinged about every 150 ms.
+    let updater = edge.command(&[]).get_program().to_owned();
+    let mut daemon = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("export WATCHDOG_PID=$$ WATCHDOG_USEC=300000; exec \"$0\" \"$@\"")
+        .arg(updater)
+        .args(["run", "--config", &config.display().to_string()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn model-updater run");
+    let daemon_log = || std::fs::read_to_string(edge.path().join("daemon.log")).unwrap_or_default();
+    let mut buffer = [0u8; 512];
+    let mut read = || {
+        let n = socket.recv(&mut buffer).unwrap_or_else(|e| {
+            panic!(
+                "no notification from the updater: {e}; log:\n{}",
+                daemon_log()
+            )
+        });
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
+    };
+    let first = read();
+    assert!(first.contains("READY=1"), "{first}");
+    let pings = (0..3)
+        .map(|_| read())
+        .filter(|m| m.contains("WATCHDOG=1"))
+        .count();
+    assert_eq!(
+        pings,
+        3,
+        "the updater did not ping the watchdog; log:\n{}",
+        daemon_log()
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut stopping = false;
+    for _ in 0..50 {
+        if read().contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    let exit = daemon.wait().expect("wait");
+    assert!(
+        stopping,
+        "no STOPPING=1 after SIGTERM; log:\n{}",
+        daemon_log()
+    );
+    assert!(exit.success(), "{exit:?}; log:\n{}", daemon_log());
+}

@@ -43,6 +43,87 @@ fn a_repository_copied_to_a_usb_stick_installs_with_the_same_verification() {
 }
 
 #[test]
+fn a_version_marked_bad_is_installed_again_after_forget_bad() {
+    let repo = OwnRepo::init();
+    let bad_sha = repo.add(&bundles::failing_gate(2), &[]);
+    let server = RepoServer::start(&repo.repo);
+    let line = EdgeLine::start(&BoxSettings::new(&server.url("/"), &repo.first_root()));
+    let config = line.edge.path().join("model-updater.toml");
+    let config = config.display().to_string();
+
+    let output = line.edge.check();
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let state = line.edge.state().expect("state");
+    assert!(state["bad"][&bad_sha].is_object(), "{state}");
+    // Marked bad: the next check does not even download it.
+    let before = server.requests().len();
+    let output = line.edge.check();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(defect_e2e::updater_box::no_target_download_since(
+        &server, before
+    ));
+
+    let output = line
+        .edge
+        .command(&["forget-bad", "3", "--config", &config])
+        .output()
+        .expect("run forget-bad");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "nothing matches 3: {}",
+        describe(&output)
+    );
+    let output = line
+        .edge
+        .command(&["forget-bad", &bad_sha[..12], "--config", &config])
+        .output()
+        .expect("run forget-bad");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .contains(&format!("forgetting model_version 2 ({bad_sha})")),
+        "{}",
+        describe(&output)
+    );
+    // Forgotten: the next check downloads and tries it again (and the gate refuses it again).
+    let before = server.requests().len();
+    let output = line.edge.check();
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(!defect_e2e::updater_box::no_target_download_since(
+        &server, before
+    ));
+}
+
+#[test]
+fn a_usb_path_without_a_repository_says_so_and_exits_as_offline() {
+    let repo = OwnRepo::init();
+    let edge = defect_e2e::updater_box::UpdaterBox::new(&BoxSettings::new(
+        "http://127.0.0.1:9/",
+        &repo.first_root(),
+    ));
+    let empty = tempfile::tempdir().expect("an empty stick");
+    for (path, what) in [
+        (empty.path().join("not-mounted"), "does not exist"),
+        (empty.path().to_owned(), "has no metadata/ folder"),
+    ] {
+        let output = edge.install_from(&path);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{}", describe(&output));
+        assert!(
+            stderr.contains(&format!("no repository at {}", path.display()))
+                && stderr.contains(what),
+            "{}",
+            describe(&output)
+        );
+        assert!(
+            !stderr.contains("refused"),
+            "not a security refusal: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn an_unreachable_server_is_reported_quietly_as_offline() {
     let repo = OwnRepo::init();
     let server = RepoServer::start(&repo.repo);
