@@ -132,7 +132,7 @@ fn main() -> ExitCode {
             })
         }) {
             Ok(parsed) => {
-                println!(
+                defect_shared::outln!(
                     "{}: ok ({} station(s), broker {}:{}, topics under {})",
                     config.display(),
                     parsed.stations.len(),
@@ -177,6 +177,8 @@ fn main() -> ExitCode {
             match classify::run(&model, &files, &options, &mut stdout) {
                 Ok(0) => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::FAILURE,
+                // The reader went away (`defect-agent classify … | head`): nothing to say.
+                Err(err) if defect_shared::output::is_broken_pipe(&err) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("defect-agent: error: {}", error_chain::chain(&err));
                     ExitCode::FAILURE
@@ -205,7 +207,7 @@ fn capture_export(
     };
     let summary = capture::export::export(&store, to)
         .with_context(|| format!("exporting {}", store.display()))?;
-    println!(
+    defect_shared::outln!(
         "{} frame(s) from {} exported to {} (index {})",
         summary.images,
         store.display(),

@@ -153,3 +153,23 @@ fn a_typo_in_a_key_is_reported_with_its_line() {
         "{text}"
     );
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = sample_under(root.path());
+    let lib = root.path().join("var/lib/defect-agent");
+    for folder in ["incoming/cam1", "models", "state"] {
+        std::fs::create_dir_all(lib.join(folder)).expect("folder");
+    }
+    // As `defect-agent check-config … | head -0`: the reader is gone before the first write.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_defect-agent"))
+        .args(["check-config", "--config", config.to_str().expect("path")])
+        .stdout(writer)
+        .output()
+        .expect("run defect-agent");
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}

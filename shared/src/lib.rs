@@ -10,6 +10,8 @@
 //! - [`forward`]: the deprecated command names (`defect-agent capture-server`,
 //!   `model-updater repo`) running `defect-central` in their place, for one release.
 //! - [`logging`] (feature `logging`): the `tracing` set-up of the binaries.
+//! - [`output`]: command output that ends quietly when its reader goes away
+//!   (`model-updater status | head`), and the `outln!` macro.
 //! - [`path_check`]: whether the files and folders a configuration names are there and usable
 //!   by the user running `check-config`.
 //! - [`exposition`] (feature `metrics`): what `GET /metrics` answers, OpenMetrics or the
@@ -36,4 +38,5 @@ pub mod logging;
 pub mod metrics_listener;
 #[cfg(feature = "mqtt-tls")]
 pub mod mqtt_tls;
+pub mod output;
 pub mod path_check;

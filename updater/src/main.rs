@@ -200,7 +200,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 });
                 let problems = parsed.path_problems(agent_config.as_deref());
                 if problems.is_empty() {
-                    println!("{}: ok", config.display());
+                    defect_shared::outln!("{}: ok", config.display());
                     ExitCode::SUCCESS
                 } else {
                     eprintln!(
@@ -225,20 +225,24 @@ async fn one_cycle(config: Config, source: Source) -> anyhow::Result<ExitCode> {
     let mut updater = Updater::open(config)?;
     Ok(match updater.cycle(&source).await {
         Ok(Outcome::UpToDate) => {
-            println!("up to date");
+            defect_shared::outln!("up to date");
             ExitCode::SUCCESS
         }
         Ok(Outcome::Installed(m)) => {
-            println!(
+            defect_shared::outln!(
                 "installed {} model_version {} ({})",
-                m.model, m.model_version, m.sha256
+                m.model,
+                m.model_version,
+                m.sha256
             );
             ExitCode::SUCCESS
         }
         Ok(Outcome::Reverted { candidate, reason }) => {
-            println!(
+            defect_shared::outln!(
                 "reverted {} model_version {} ({}): {reason}",
-                candidate.model, candidate.model_version, candidate.sha256
+                candidate.model,
+                candidate.model_version,
+                candidate.sha256
             );
             ExitCode::from(2)
         }
@@ -257,14 +261,14 @@ fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let state_dir = &config.paths.state_dir;
     let status = model_updater::status::read(state_dir).context("cannot read the status")?;
     let Some(status) = status else {
-        println!(
+        defect_shared::outln!(
             "no status yet: the updater has not run with state folder {}",
             state_dir.display()
         );
         return Ok(ExitCode::SUCCESS);
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        defect_shared::outln!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(ExitCode::SUCCESS);
     }
     let model = |m: &Option<model_updater::state::ModelRef>| match m {
@@ -275,29 +279,29 @@ fn print_status(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
         None => "none".into(),
     };
     let time = |t: Option<u64>| t.map_or("never".into(), model_updater::clock::rfc3339);
-    println!("state:         {:?}", status.state);
-    println!("current:       {}", model(&status.current));
-    println!("pending:       {}", model(&status.pending));
-    println!("last check:    {}", time(status.last_check_ms));
-    println!("last success:  {}", time(status.last_success_ms));
-    println!(
+    defect_shared::outln!("state:         {:?}", status.state);
+    defect_shared::outln!("current:       {}", model(&status.current));
+    defect_shared::outln!("pending:       {}", model(&status.pending));
+    defect_shared::outln!("last check:    {}", time(status.last_check_ms));
+    defect_shared::outln!("last success:  {}", time(status.last_success_ms));
+    defect_shared::outln!(
         "last error:    {}",
         status.last_error.as_deref().unwrap_or("none")
     );
     if let Some(warning) = &status.clock_warning {
-        println!("clock:         {warning}");
+        defect_shared::outln!("clock:         {warning}");
     }
     for deferred in &status.deferred {
-        println!("deferred:      {deferred}");
+        defect_shared::outln!("deferred:      {deferred}");
     }
     for bad in &status.bad {
-        println!("marked bad:    {bad}");
+        defect_shared::outln!("marked bad:    {bad}");
     }
     if let Some(policy) = &config.canary
         && let Ok(bytes) = std::fs::read(&policy.evidence_file)
         && let Ok(e) = serde_json::from_slice::<serde_json::Value>(&bytes)
     {
-        println!(
+        defect_shared::outln!(
             "canary:        {} model_version {}: {} frames, {} agreed, {} reject->pass, {} pass->reject, {} skipped, median {:.2} ms vs {:.2} ms",
             e["state"].as_str().unwrap_or("?"),
             e["candidate_model_version"],
@@ -326,9 +330,11 @@ fn approve(config: &Config) -> anyhow::Result<ExitCode> {
     let path = model_updater::service::approval_path(state_dir);
     defect_shared::atomic::write(&path, run.candidate.sha256.as_bytes())
         .with_context(|| format!("{}", path.display()))?;
-    println!(
+    defect_shared::outln!(
         "approved {} model_version {} ({}): promoted once its evidence holds",
-        run.candidate.model, run.candidate.model_version, run.candidate.sha256
+        run.candidate.model,
+        run.candidate.model_version,
+        run.candidate.sha256
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -378,9 +384,11 @@ fn forget_bad(config: &Config, version: &str) -> anyhow::Result<ExitCode> {
     defect_shared::atomic::write(&path, requests.as_bytes())
         .with_context(|| format!("{}", path.display()))?;
     for line in held {
-        println!("forgetting {line}");
+        defect_shared::outln!("forgetting {line}");
     }
-    println!("applied at the next check (the daemon's next cycle, or `model-updater check`)");
+    defect_shared::outln!(
+        "applied at the next check (the daemon's next cycle, or `model-updater check`)"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -570,6 +570,10 @@ impl Updater {
         let path = self.config.trial.health_file.clone();
         let max_attempts = self.config.trial.max_attempts;
         let mut last_read_error = None;
+        // Said after 10 s, then every 30 s, while the agent has not answered for the bundle
+        // (it usually does within seconds): the usual cause is an agent that is not running,
+        // or that writes its report elsewhere.
+        let mut next_waiting_note = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let Some(trial) = &self.state.trial else {
                 return Ok(Outcome::UpToDate);
@@ -585,6 +589,20 @@ impl Updater {
                     None
                 }
             };
+            let answered = report
+                .as_ref()
+                .is_some_and(|r| r.sha256 == trial.candidate.sha256);
+            if !answered && tokio::time::Instant::now() >= next_waiting_note {
+                let left_s = trial.deadline_ms.saturating_sub(clock::now_ms()) / 1000;
+                tracing::warn!(
+                    model_version = trial.candidate.model_version,
+                    sha256 = %trial.candidate.sha256,
+                    report = %path.display(),
+                    left_s,
+                    "trial waiting for the agent: no report for this bundle yet; is defect-agent running, with agent.model_health_file set to this file?"
+                );
+                next_waiting_note += Duration::from_secs(30);
+            }
             match trial::judge(trial, report.as_ref(), clock::now_ms(), max_attempts) {
                 Verdict::Pending => tokio::time::sleep(Duration::from_millis(200)).await,
                 Verdict::Healthy => {

@@ -56,7 +56,10 @@ pub fn judge(
     if now_ms >= trial.deadline_ms {
         let waited_s = trial.deadline_ms.saturating_sub(trial.started_ms) / 1000;
         return Verdict::Failed(format!(
-            "the agent did not report it serving within {waited_s} s"
+            "the agent did not report it serving within {waited_s} s (if the agent was not \
+             running or writes its model_health_file elsewhere, the version may be good: \
+             `model-updater forget-bad {}` lets it be tried again)",
+            trial.candidate.model_version
         ));
     }
     Verdict::Pending

@@ -103,3 +103,26 @@ fn an_agent_without_a_health_report_is_named() {
         said(&out)
     );
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (updater, agent) = write_box(root.path(), false, "agent/model-health.json", "models");
+    std::fs::write(root.path().join("root.json"), b"{}").expect("root");
+    std::fs::create_dir_all(root.path().join("agent")).expect("agent folder");
+    // As `model-updater check-config … | head -0`: the reader is gone before the first write.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_model-updater"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&updater)
+        .arg("--agent-config")
+        .arg(&agent)
+        .stdout(writer)
+        .output()
+        .expect("run model-updater");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

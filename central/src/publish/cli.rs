@@ -159,7 +159,7 @@ impl RepoCommand {
         let report = tokio::task::spawn_blocking(move || self.execute())
             .await
             .map_err(PublishError::Task)??;
-        println!("{report}");
+        defect_shared::outln!("{report}");
         Ok(())
     }
 

@@ -273,7 +273,7 @@ fn a_version_published_with_its_own_manual_canary_waits_for_approval_over_mqtt()
         &format!("{prefix}/updater/approve"),
         b"2",
     );
-    line.wait_for_served_version(2);
+    line.wait_for_served_version_logging(2, &log);
     let until = Instant::now() + WAIT;
     while line
         .edge
