@@ -118,14 +118,22 @@ impl Link {
         }
     }
 }
+/// The approval an approve-topic payload carries: a SHA-256 or a `model_version`, that is 1 to
+/// 64 ASCII letters and digits once trimmed; `None` for anything else.
+pub fn approval_text(payload: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(payload).ok()?.trim();
+    let plain =
+        !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric());
+    plain.then(|| text.to_owned())
+}
+
 /// Records an approval from the approve topic: the canary candidate's SHA-256 or
 /// `model_version`, as `model-updater approve` does; anything else is logged and ignored.
 fn record_approval(path: &std::path::Path, payload: &[u8]) {
-    let text = String::from_utf8_lossy(payload).trim().to_owned();
-    if text.is_empty() || text.len() > 64 || !text.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        tracing::warn!(payload = %text, "approval ignored: expected a SHA-256 or a model_version");
+    let Some(text) = approval_text(payload) else {
+        tracing::warn!(payload = %String::from_utf8_lossy(payload), "approval ignored: expected a SHA-256 or a model_version");
         return;
-    }
+    };
     match defect_shared::atomic::write(path, text.as_bytes()) {
         Ok(()) => tracing::info!(approved = %text, "canary approval received"),
         Err(error) => tracing::error!(error = %Chain(&error), "cannot record the canary approval"),

@@ -1,0 +1,61 @@
+//! Camera frames: bytes in, model input tensor out, through [`ModelInput::prepare`], the entry
+//! point the agent's workers call for every frame (`Classifier::classify_bytes`).
+//!
+//! Every input goes through two input paths: the shipped model's (gray, area resize, with the
+//! agent's reduced-scale JPEG decoding) and a third-party model's (RGB, bilinear, full-size
+//! decoding). A frame that decodes must give a tensor of exactly the model's input size.
+
+use std::cell::RefCell;
+
+use defect_models::Manifest;
+use defect_models::model_input::{DecodeMode, ModelInput};
+
+/// The shipped model's manifest.
+const SHIPPED_MANIFEST: &str = include_str!("../../../../models/shipped/manifest.toml");
+/// An RGB third-party model's manifest.
+const FOREIGN_MANIFEST: &str = include_str!("../../../../models/testdata/foreign/manifest.toml");
+
+struct Paths {
+    inputs: Vec<(ModelInput, usize)>,
+}
+
+fn input_path(manifest: &str, mode: DecodeMode) -> (ModelInput, usize) {
+    let manifest = match Manifest::from_toml(manifest) {
+        Ok(manifest) => manifest,
+        Err(error) => panic!("a fixture manifest does not parse: {error}"),
+    };
+    let len = manifest.input.shape.iter().product();
+    (ModelInput::with_mode(&manifest, mode), len)
+}
+
+thread_local! {
+    static PATHS: RefCell<Paths> = RefCell::new(Paths {
+        inputs: vec![
+            input_path(SHIPPED_MANIFEST, DecodeMode::Agent),
+            input_path(FOREIGN_MANIFEST, DecodeMode::Full),
+        ],
+    });
+}
+
+/// Decodes and preprocesses `data` as a frame for both models.
+pub fn run(data: &[u8]) {
+    PATHS.with(|paths| {
+        for (input, len) in &mut paths.borrow_mut().inputs {
+            if let Ok(prepared) = input.prepare(data) {
+                assert_eq!(
+                    prepared.tensor.len(),
+                    *len,
+                    "a decoded frame gave a tensor of the wrong size"
+                );
+                let values = prepared
+                    .tensor
+                    .to_plain_array_view::<f32>()
+                    .unwrap_or_else(|e| panic!("the input tensor is not f32: {e}"));
+                assert!(
+                    values.iter().all(|v| v.is_finite()),
+                    "a decoded frame gave a non-finite input value"
+                );
+            }
+        }
+    });
+}
