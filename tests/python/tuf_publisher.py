@@ -13,7 +13,8 @@ our Rust publisher did not produce:
 
 Keys: ed25519, one PKCS#8 PEM file per key (mode 0600) in the keys folder: root-1.pem ...,
 targets.pem, snapshot.pem, timestamp.pem; rotation adds root-4.pem, targets-2.pem, ... and never
-deletes a key.
+deletes a key. A delegated targets role (`add-delegated-target`) has its own key,
+delegated-<role>.pem, and its metadata in <repo>/metadata/<N>.<role>.json.
 
 Unlike the ops publisher this one checks nothing about model versions: tests use it to publish
 exactly what an attacker or a mistaken operator could. Every command prints one JSON object on
@@ -35,6 +36,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from securesystemslib.formats import encode_canonical
 from tuf.api.metadata import (
+    DelegatedRole,
+    Delegations,
     MetaFile,
     Metadata,
     Root,
@@ -111,6 +114,9 @@ class Layout:
 
     def targets_file(self, version: int) -> Path:
         return self.metadata / f"{version}.targets.json"
+
+    def delegated_file(self, role: str, version: int) -> Path:
+        return self.metadata / f"{version}.{role}.json"
 
     def newest_root_version(self) -> int:
         versions = []
@@ -344,6 +350,91 @@ def cmd_add_target(args: argparse.Namespace) -> dict:
     return {"name": args.name, "sha256": sha256, "length": len(data), "versions": versions}
 
 
+def cmd_add_delegated_target(args: argparse.Namespace) -> dict:
+    """Publishes a file as a target of a delegated targets role, signed by the role's own key
+    (delegated-<role>.pem, made on first use). The first time, targets N+1 delegates `--paths`
+    to the role; the role's metadata N+1 is listed in snapshot N+1, then timestamp N+1."""
+    if "/" in args.name or not args.name or args.name.startswith("."):
+        raise PublishError(f"target name {args.name!r}: must be flat, no '/'")
+    if not args.role or "/" in args.role or args.role in ROLES:
+        raise PublishError(f"role name {args.role!r}: must be flat and not a top-level role")
+    layout = Layout(args.repo)
+    state = State(layout)
+    ring = load_ring(args.keys)
+    targets = state.targets.signed
+    delegations = targets.delegations
+    if delegations is None or delegations.roles is None:
+        delegations = Delegations(keys={}, roles={})
+    changed_targets = None
+    role = delegations.roles.get(args.role)
+    if role is None:
+        signer = generate_key(args.keys / f"delegated-{args.role}.pem")
+        ring[signer.public_key.keyid] = signer
+        delegations.keys[signer.public_key.keyid] = signer.public_key
+        role = DelegatedRole(
+            name=args.role,
+            keyids=[signer.public_key.keyid],
+            threshold=1,
+            terminating=True,
+            paths=split_list(args.paths) or [args.name],
+        )
+        delegations.roles[args.role] = role
+        targets.delegations = delegations
+        changed_targets = targets
+    signers = [ring[k] for k in role.keyids if k in ring][: role.threshold]
+    if len(signers) < role.threshold:
+        raise PublishError(f"{args.role}: no key of the delegated role in {args.keys}")
+
+    listed = state.snapshot.signed.meta.get(f"{args.role}.json")
+    if listed is None:
+        delegated = Targets(expires=expires_in(DEFAULT_EXPIRY["targets"]))
+    else:
+        delegated = load(layout.delegated_file(args.role, listed.version), "targets").signed
+        delegated.version = listed.version + 1
+    data = args.bundle.read_bytes()
+    target = TargetFile.from_data(args.name, data, ["sha256"])
+    target.unrecognized_fields["custom"] = {
+        "model": args.model,
+        "model_version": args.model_version,
+        "version": args.version,
+        "stations": [],
+        "lines": [],
+    }
+    sha256 = target.hashes["sha256"]
+    layout.targets.mkdir(parents=True, exist_ok=True)
+    target_path = layout.targets / f"{sha256}.{args.name}"
+    if not target_path.exists():
+        atomic_write(target_path, data)
+    delegated.targets[args.name] = target
+    delegated.expires = expires_in(DEFAULT_EXPIRY["targets"])
+    state.snapshot.signed.meta[f"{args.role}.json"] = write_metadata(
+        sign(Metadata(delegated), signers), layout.delegated_file(args.role, delegated.version)
+    )
+    versions = publish_chain(layout, state, ring, changed_targets)
+    versions[args.role] = delegated.version
+    return {
+        "role": args.role,
+        "paths": list(role.paths or []),
+        "key_ids": list(role.keyids),
+        "name": args.name,
+        "sha256": sha256,
+        "length": len(data),
+        "versions": versions,
+    }
+
+
+def cmd_drop_delegated_role(args: argparse.Namespace) -> dict:
+    """Snapshot N+1 without the delegated role's metadata, targets.json unchanged (it still
+    delegates), then timestamp N+1: what a TUF client must refuse (TUF 5.5.5)."""
+    layout = Layout(args.repo)
+    state = State(layout)
+    ring = load_ring(args.keys)
+    if state.snapshot.signed.meta.pop(f"{args.role}.json", None) is None:
+        raise PublishError(f"snapshot does not list {args.role}.json")
+    versions = publish_chain(layout, state, ring, None)
+    return {"role": args.role, "versions": versions}
+
+
 def cmd_resign_timestamp(args: argparse.Namespace) -> dict:
     layout = Layout(args.repo)
     state = State(layout)
@@ -567,6 +658,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stations", help='custom "stations", comma-separated (none = every station)')
     p.add_argument("--lines", help='custom "lines", comma-separated (none = every line)')
     p.set_defaults(func=cmd_add_target)
+
+    p = sub.add_parser(
+        "add-delegated-target",
+        help="publish a file as a target of a delegated targets role with its own key "
+        "(delegated-<role>.pem); the first time, targets N+1 delegates to it; the role's "
+        "metadata, snapshot and timestamp N+1",
+    )
+    repo_and_keys(p)
+    p.add_argument("--role", required=True, help="delegated role name, e.g. factory-a")
+    p.add_argument(
+        "--paths",
+        help="path patterns delegated to the role when it is new, comma-separated "
+        "(default: the target name)",
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="file to publish")
+    p.add_argument("--name", required=True, help="flat target name, e.g. surface-classifier-3.dmb")
+    p.add_argument("--model", required=True, help='custom "model"')
+    p.add_argument("--model-version", type=int, required=True, help='custom "model_version"')
+    p.add_argument("--version", required=True, help='custom "version"')
+    p.set_defaults(func=cmd_add_delegated_target)
+
+    p = sub.add_parser(
+        "drop-delegated-role",
+        help="ATTACK/MISTAKE: snapshot N+1 without a delegated role's metadata while "
+        "targets.json still delegates to it (TUF 5.5.5: clients refuse it); timestamp N+1",
+    )
+    repo_and_keys(p)
+    p.add_argument("--role", required=True, help="delegated role name")
+    p.set_defaults(func=cmd_drop_delegated_role)
 
     p = sub.add_parser(
         "resign-timestamp", help="new timestamp for the current snapshot, timestamp key only"

@@ -13,6 +13,7 @@
 //! - [`trust`]: the box's own root history and crash-safe anti-rollback floor.
 //! - [`transport`]: how `tough` fetches metadata (HTTP or local files).
 //! - [`verify`]: one verified check of the repository, with our safeguards on top of TUF.
+//! - [`delegation`]: refusing a repository that delegates to targets roles besides the top one.
 //! - [`select`]: which release this box installs.
 //! - [`download`]: the resumable, rate-limited, length-bounded bundle downloader.
 //! - [`install`]: staging into the model store, pointer switches, revert, garbage collection.
@@ -30,6 +31,7 @@
 pub mod canary;
 pub mod clock;
 pub mod config;
+pub mod delegation;
 pub mod download;
 pub mod install;
 pub mod json_file;

@@ -2,11 +2,12 @@
 //!
 //! This module owns one check of the repository: judge the clock ([`crate::clock`]), load the
 //! metadata with `tough` starting from the newest root this box trusts ([`crate::trust`]),
-//! refuse anything below the anti-rollback floor, remember the new root and raise the floor,
-//! and turn the signed targets into [`Release`]s. `tough` verifies signatures, thresholds, root
-//! rotation, expiry, and the consistency of timestamp, snapshot and targets; its datastore is
-//! a fresh temporary folder on every check, so none of its state can lock the box out or be
-//! torn by a power cut: the floor here is what stops rollback.
+//! refuse anything below the anti-rollback floor or that delegates ([`crate::delegation`]),
+//! remember the new root and raise the floor, and turn the top-level signed targets into
+//! [`Release`]s. `tough` verifies signatures, thresholds, root rotation, expiry, and the
+//! consistency of timestamp, snapshot and targets; its datastore is a fresh temporary folder
+//! on every check, so none of its state can lock the box out or be torn by a power cut: the
+//! floor here is what stops rollback.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +16,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::clock::{self, ClockReading, ImplausibleClock};
+use crate::delegation::{self, Delegated};
 use defect_shared::error_chain::chain;
 
 use crate::transport::{MetadataTransport, Unreachable};
@@ -156,6 +158,10 @@ pub enum CheckError {
         #[source]
         source: Box<tough::error::Error>,
     },
+    /// The repository delegates to targets roles besides the top-level one, which this
+    /// updater does not support: loud, and nothing from it is remembered or installed.
+    #[error("repository metadata refused")]
+    Delegated(#[source] Delegated),
     /// A configured repository address is not a URL.
     #[error("{text:?} is not a URL")]
     BadUrl {
@@ -340,6 +346,9 @@ pub async fn check(
         }
     }
 
+    delegation::refuse(&repo.targets().signed, &repo.snapshot().signed)
+        .map_err(CheckError::Delegated)?;
+
     let root_version = repo.root().signed.version.get();
     let root_bytes =
         serde_json::to_vec_pretty(repo.root()).map_err(|source| CheckError::SerializeRoot {
@@ -357,7 +366,8 @@ pub async fn check(
     let consistent = repo.root().signed.consistent_snapshot;
     let mut releases = Vec::new();
     let mut skipped = Vec::new();
-    for (name, target) in repo.all_targets() {
+    // The top-level role's own targets only: `all_targets` would add delegated roles' too.
+    for (name, target) in &repo.targets().signed.targets {
         match release(name.raw(), target, &source.targets_url, consistent) {
             Ok(r) => releases.push(r),
             Err(why) => skipped.push(format!("target {:?}: {}", name.raw(), chain(&why))),

@@ -63,6 +63,47 @@ impl PyRepo {
         assert_eq!(added["sha256"], sha.as_str(), "{added}");
         sha
     }
+
+    /// `add-delegated-target`: publishes bundle bytes as `<model>-<model_version>.dmb` in the
+    /// delegated targets role `role` (made, with its own key and the paths `paths`, the first
+    /// time; `targets.json` then delegates to it); returns the bundle's SHA-256.
+    pub fn publish_delegated(&self, role: &str, paths: &str, bytes: &[u8]) -> String {
+        let (model, model_version, version) = manifest_facts(bytes);
+        let sha = defect_models::bundle::sha256_hex(bytes);
+        let file = bundles::write(self.dir.path(), &format!("{sha}.dmb"), bytes);
+        let file = file.display().to_string();
+        let name = format!("{model}-{model_version}.dmb");
+        let model_version = model_version.to_string();
+        let added = self.run(
+            "add-delegated-target",
+            &[
+                "--role",
+                role,
+                "--paths",
+                paths,
+                "--bundle",
+                &file,
+                "--name",
+                &name,
+                "--model",
+                &model,
+                "--model-version",
+                &model_version,
+                "--version",
+                &version,
+            ],
+        );
+        assert_eq!(added["sha256"], sha.as_str(), "{added}");
+        assert_eq!(added["role"], role, "{added}");
+        sha
+    }
+
+    /// `drop-delegated-role`: a new snapshot without `role`'s metadata, `targets.json` still
+    /// delegating to it (what TUF 5.5.5 has clients refuse).
+    pub fn drop_delegated_role(&self, role: &str) {
+        let dropped = self.run("drop-delegated-role", &["--role", role]);
+        assert_eq!(dropped["role"], role, "{dropped}");
+    }
 }
 
 impl Publisher for PyRepo {

@@ -642,3 +642,79 @@ fn python_tuf_a_validly_signed_target_with_a_lower_model_version_is_never_instal
     );
     assert_eq!(line.served_version(), Some(3));
 }
+
+/// Whoever holds python-tuf's targets key delegates the model's target names to a role of its
+/// own, `factory-a`, which signs model_version 3 (our publisher never delegates, so this
+/// scenario has no `ours` twin). The box supports only the top-level targets role: `check`
+/// refuses the repository naming the role and its paths, downloads and installs nothing, and
+/// leaves the anti-rollback record as the last accepted repository left it. The next
+/// repository drops the role from the snapshot while `targets.json` still delegates to it
+/// (python-tuf's client refuses that, TUF 5.5.5): refused the same way, by `check` and by the
+/// daemon, which logs it as an error and keeps running.
+#[test]
+fn python_tuf_a_delegated_targets_role_is_refused_and_so_is_the_snapshot_that_drops_it() {
+    let repo = PyRepo::init();
+    let sha2 = repo.publish(&bundles::with_model_version(2));
+    let server = repo.serve();
+    let line = EdgeLine::start(&settings(&repo, &server));
+    let output = line.edge.check();
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    assert_eq!(line.edge.current(), (sha2.clone(), 2));
+    line.wait_for_served_version(2);
+    let floor = line.edge.floor().expect("floor");
+
+    let refused = format!(
+        "repository metadata refused: targets.json delegates to role(s) `factory-a` (paths \
+         `{MODEL}-*.dmb`); this updater supports only the top-level targets role: publish \
+         models from targets.json"
+    );
+    let sha3 = repo.publish_delegated(
+        "factory-a",
+        &format!("{MODEL}-*.dmb"),
+        &bundles::with_model_version(3),
+    );
+    let assert_refused = |output: &std::process::Output, requests: usize| {
+        assert_eq!(output.status.code(), Some(1), "{}", describe(output));
+        assert!(stderr(output).contains(&refused), "{}", describe(output));
+        assert_eq!(line.edge.current(), (sha2.clone(), 2));
+        assert!(!line.edge.store().bundle_path(&sha3).exists());
+        assert!(no_target_download_since(&server, requests));
+        assert_eq!(line.edge.floor().expect("floor"), floor);
+        let status = line.edge.status().expect("status");
+        assert_eq!(status["state"], "error", "{status}");
+        assert_eq!(status["last_error"], refused.as_str(), "{status}");
+    };
+    let requests = server.requests().len();
+    assert_refused(&line.edge.check(), requests);
+
+    repo.drop_delegated_role("factory-a");
+    let requests = server.requests().len();
+    assert_refused(&line.edge.check(), requests);
+
+    let log = line.edge.path().join("daemon.log");
+    let mut daemon = line.edge.spawn("run", &log);
+    let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !daemon_log().contains("update check failed") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let logged = daemon_log();
+    let failed = logged
+        .lines()
+        .find(|l| l.contains("update check failed"))
+        .unwrap_or_else(|| panic!("the daemon logged no failed check:\n{logged}"));
+    assert!(
+        failed.contains("ERROR") && failed.contains(&refused),
+        "{logged}"
+    );
+    assert!(
+        daemon.try_wait().expect("daemon status").is_none(),
+        "the daemon must keep running:\n{logged}"
+    );
+    daemon.kill().expect("stop the daemon");
+    daemon.wait().expect("daemon exit");
+    assert_eq!(line.edge.current(), (sha2, 2));
+    assert!(!line.edge.store().bundle_path(&sha3).exists());
+    assert_eq!(line.edge.floor().expect("floor"), floor);
+    assert_eq!(line.served_version(), Some(2));
+}
