@@ -37,6 +37,7 @@ use crate::result_log::{ResultLog, RetentionPolicy};
 use crate::serving::{self, ModelSlot, ModelSource};
 use crate::sources::hot_folder::HotFolder;
 use crate::sources::http::HttpUpload;
+use crate::sources::in_flight::quarantine_folder;
 use crate::sources::{FrameSource, hot_folder, http};
 
 /// How long the tasks of a stopping stage get to end.
@@ -133,6 +134,12 @@ pub async fn run(
             alarms: config.monitor.alarm_settings(),
             drift: config.drift.drift_settings(),
             line_always_running: config.monitor.line_state == LineState::Always,
+            quarantine: config
+                .stations
+                .iter()
+                .filter(|s| s.hot_folder.is_some())
+                .map(|s| (s.id.clone(), quarantine_folder(state_dir, &s.id)))
+                .collect(),
         },
         &station_ids,
         Arc::clone(&slot),

@@ -17,7 +17,7 @@
 //! - [`metrics`]: the Prometheus listener (`/metrics`, `/healthz`, `/readyz`); each component
 //!   registers its own metrics.
 //! - [`monitor`]: line monitoring: alarms (no-decision and invalid-input rates, reject rate
-//!   band, camera quiet) and data drift against the bundle's baseline.
+//!   band, camera quiet, frames held in quarantine) and data drift against the bundle's baseline.
 //! - [`outcome`]: what was decided about one part (a decision or none, and why).
 //! - [`embedded`]: the default model bundle compiled into the binary, served when no model
 //!   store is configured.

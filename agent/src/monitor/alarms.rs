@@ -6,7 +6,9 @@
 //! camera gone quiet (no frame for a set time while the line runs). Each alarm is raised when
 //! its value crosses its limit and cleared only once the value is back inside by a margin
 //! (hysteresis), so a rate sitting at its limit does not flap. Drift (`drift`) is raised and
-//! cleared by its own detector and only reported here.
+//! cleared by its own detector and only reported here. Frames held in quarantine
+//! (`quarantined_frames`) raise their alarm while the station's quarantine folder holds any
+//! file, whatever the rates say, and clear it once an operator has emptied the folder.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -26,16 +28,19 @@ pub enum AlarmKind {
     CameraQuiet,
     /// Live statistics drifted away from the model's baseline.
     Drift,
+    /// Frame files wait in the station's quarantine folder for a person to look at.
+    Quarantine,
 }
 
 impl AlarmKind {
     /// Every alarm, in report order.
-    pub const ALL: [AlarmKind; 5] = [
+    pub const ALL: [AlarmKind; 6] = [
         AlarmKind::NoDecisionRate,
         AlarmKind::InvalidInputRate,
         AlarmKind::RejectRate,
         AlarmKind::CameraQuiet,
         AlarmKind::Drift,
+        AlarmKind::Quarantine,
     ];
 
     /// snake_case name: the last topic level and the metric label.
@@ -46,6 +51,7 @@ impl AlarmKind {
             AlarmKind::RejectRate => "reject_rate",
             AlarmKind::CameraQuiet => "camera_quiet",
             AlarmKind::Drift => "drift",
+            AlarmKind::Quarantine => "quarantined_frames",
         }
     }
 
@@ -54,6 +60,7 @@ impl AlarmKind {
         match self {
             AlarmKind::CameraQuiet => "s",
             AlarmKind::Drift => "psi_milli",
+            AlarmKind::Quarantine => "frames",
             _ => "permille",
         }
     }
@@ -66,11 +73,11 @@ pub struct AlarmEvent {
     pub kind: AlarmKind,
     /// Raised (true) or cleared (false).
     pub active: bool,
-    /// The measured value: a share 0-1, seconds, or a PSI.
+    /// The measured value: a share 0-1, seconds, a PSI, or files in quarantine.
     pub value: f64,
     /// The limit it was compared with (for the reject band: the bound crossed or nearest).
     pub limit: f64,
-    /// Outcomes in the window (0 for the camera alarm).
+    /// Outcomes in the window (0 for the camera and quarantine alarms).
     pub window: usize,
 }
 
@@ -135,6 +142,8 @@ pub struct StationAlarms {
     invalid: usize,
     decided: usize,
     rejected: usize,
+    /// Files in the quarantine folder when last counted.
+    quarantined: usize,
     active: [bool; AlarmKind::ALL.len()],
 }
 
@@ -148,6 +157,7 @@ impl StationAlarms {
             invalid: 0,
             decided: 0,
             rejected: 0,
+            quarantined: 0,
             active: [false; AlarmKind::ALL.len()],
         }
     }
@@ -259,6 +269,31 @@ impl StationAlarms {
             value: worst_psi,
             limit,
             window: frames,
+        })
+    }
+
+    /// Files in the quarantine folder when last counted.
+    pub fn quarantined(&self) -> usize {
+        self.quarantined
+    }
+
+    /// Judges the quarantine folder now holding `files` files: the alarm is raised while it
+    /// holds any and cleared once it is empty. Returns the alarm whenever the count changed, so
+    /// a raised alarm always carries the count (the caller tells a raise from a new count by
+    /// [`StationAlarms::is_active`] before the call).
+    pub fn quarantine(&mut self, files: usize) -> Option<AlarmEvent> {
+        if files == self.quarantined {
+            return None;
+        }
+        let kind = AlarmKind::Quarantine;
+        self.quarantined = files;
+        self.active[kind as usize] = files > 0;
+        Some(AlarmEvent {
+            kind,
+            active: files > 0,
+            value: files as f64,
+            limit: 0.0,
+            window: 0,
         })
     }
 
@@ -462,5 +497,57 @@ mod tests {
         let cleared = alarms.camera(Duration::ZERO, true).expect("cleared");
         assert!(!cleared.active);
         assert!(alarms.camera(Duration::from_secs(30), false).is_none());
+    }
+
+    #[test]
+    fn a_quarantined_file_raises_at_once_and_only_an_empty_folder_clears() {
+        let mut alarms = StationAlarms::new(settings());
+        let kind = AlarmKind::Quarantine;
+        assert_eq!(alarms.quarantine(0), None, "an empty folder at start");
+        let raised = alarms.quarantine(1).expect("raised");
+        assert_eq!(
+            raised,
+            AlarmEvent {
+                kind,
+                active: true,
+                value: 1.0,
+                limit: 0.0,
+                window: 0,
+            }
+        );
+        assert!(alarms.is_active(kind));
+        assert_eq!(alarms.quarantine(1), None, "no change, no report");
+        // A second file, then the operator removing one: the raised alarm carries the count.
+        let more = alarms.quarantine(2).expect("new count");
+        assert!(more.active);
+        assert_eq!(more.value, 2.0);
+        let fewer = alarms.quarantine(1).expect("new count");
+        assert!(fewer.active);
+        assert_eq!(fewer.value, 1.0);
+        assert!(alarms.is_active(kind));
+        let cleared = alarms.quarantine(0).expect("cleared");
+        assert!(!cleared.active);
+        assert_eq!(cleared.value, 0.0);
+        assert!(!alarms.is_active(kind));
+        assert_eq!(alarms.quarantined(), 0);
+    }
+
+    #[test]
+    fn a_full_quarantine_is_judged_without_a_window_of_outcomes() {
+        // Even a window full of good frames does not hide files held in quarantine.
+        let mut alarms = StationAlarms::new(settings());
+        for i in 0_usize..100 {
+            let o = if i.is_multiple_of(20) {
+                reject()
+            } else {
+                pass()
+            };
+            alarms.record(&o);
+        }
+        assert!(alarms.quarantine(3).is_some_and(|e| e.active));
+        assert!(alarms.record(&pass()).is_empty());
+        assert!(alarms.is_active(AlarmKind::Quarantine));
+        assert_eq!(AlarmKind::Quarantine.name(), "quarantined_frames");
+        assert_eq!(AlarmKind::Quarantine.unit(), "frames");
     }
 }

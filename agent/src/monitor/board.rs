@@ -1,8 +1,9 @@
 //! What the monitoring task last knew, per station, for the metrics endpoint.
 //!
 //! This module owns the [`Board`]: a copy of each station's rates, camera and line state,
-//! alarm states and drift scores, written by the monitoring task after every change and
-//! read when the metrics endpoint is scraped; and its `defect_agent_*` monitoring metrics.
+//! alarm states, drift scores and files held in quarantine, written by the monitoring task
+//! after every change and read when the metrics endpoint is scraped; and its `defect_agent_*`
+//! monitoring metrics.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,6 +30,8 @@ struct View {
     raised: [u64; AlarmKind::ALL.len()],
     psi: Vec<(Feature, f64)>,
     evaluations: u64,
+    /// Files in the quarantine folder; `None` for a station without one.
+    quarantined: Option<usize>,
 }
 
 /// The monitoring state the metrics endpoint reads.
@@ -71,6 +74,10 @@ impl Board {
         view.rates = watch.alarms.rates();
         view.last_frame = watch.last_frame;
         view.running = watch.running;
+        view.quarantined = watch
+            .quarantine
+            .as_ref()
+            .map(|_| watch.alarms.quarantined());
         for kind in AlarmKind::ALL {
             view.active[kind as usize] = watch.alarms.is_active(kind);
         }
@@ -178,6 +185,12 @@ impl Collector for BoardMetrics {
             "line_running",
             "1 while the station's PLC says the line runs, 0 when stopped; absent until it says.",
             &|v| v.running.map(|r| f64::from(u8::from(r))),
+        )?;
+        per_station(
+            e,
+            "quarantined_frames",
+            "Frame files held in the station's quarantine folder, waiting for a person to look at them; absent for a station without a hot folder.",
+            &|v| v.quarantined.map(|n| n as f64),
         )?;
         {
             let mut metric = e.encode_descriptor(

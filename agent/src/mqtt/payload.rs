@@ -215,10 +215,10 @@ fn scaled(value: f64, scale: f64) -> u64 {
 /// Retained alarm state:
 /// `{"v":1,"alarm":"no_decision_rate","active":1,"value":120,"limit":50,"unit":"permille","n":200,"ts":...}`.
 /// Rates are per-mille of the window's `n` outcomes, `camera_quiet` is in seconds, `drift` is
-/// the worst feature's PSI in thousandths.
+/// the worst feature's PSI in thousandths, `quarantined_frames` counts files.
 pub fn alarm(event: &crate::monitor::alarms::AlarmEvent, ts_ms: u64) -> Vec<u8> {
     let scale = match event.kind.unit() {
-        "s" => 1.0,
+        "s" | "frames" => 1.0,
         _ => 1000.0,
     };
     format!(
@@ -322,6 +322,28 @@ mod tests {
         };
         let text = String::from_utf8(decision(&o, PayloadFormat::Csv)).expect("ascii");
         assert_eq!(text, "1,123,45,2,0,0,0,1732400000000,12,5");
+    }
+
+    #[test]
+    fn alarms_are_integers_in_their_unit() {
+        use crate::monitor::alarms::{AlarmEvent, AlarmKind};
+        let event = |kind, value, limit, window| AlarmEvent {
+            kind,
+            active: true,
+            value,
+            limit,
+            window,
+        };
+        let rate = alarm(&event(AlarmKind::NoDecisionRate, 0.12, 0.05, 200), 5);
+        assert_eq!(
+            String::from_utf8(rate).expect("ascii"),
+            r#"{"v":1,"alarm":"no_decision_rate","active":1,"value":120,"limit":50,"unit":"permille","n":200,"ts":5}"#
+        );
+        let held = alarm(&event(AlarmKind::Quarantine, 2.0, 0.0, 0), 5);
+        assert_eq!(
+            String::from_utf8(held).expect("ascii"),
+            r#"{"v":1,"alarm":"quarantined_frames","active":1,"value":2,"limit":0,"unit":"frames","n":0,"ts":5}"#
+        );
     }
 
     #[test]

@@ -62,6 +62,12 @@ pub struct InFlightError {
     pub source: std::io::Error,
 }
 
+/// `<state_dir>/quarantine/<station>/`: where `station`'s quarantined frame files wait for a
+/// person to look at them (the line monitor raises `quarantined_frames` while any does).
+pub fn quarantine_folder(state_dir: &Path, station: &str) -> PathBuf {
+    state_dir.join("quarantine").join(station)
+}
+
 fn err(path: &Path) -> impl FnOnce(std::io::Error) -> InFlightError + '_ {
     move |source| InFlightError {
         path: path.to_owned(),
@@ -74,7 +80,7 @@ impl InFlight {
     pub fn open(state_dir: &Path, station: &str) -> Result<InFlight, InFlightError> {
         let markers = state_dir.join("in-flight").join(station);
         std::fs::create_dir_all(&markers).map_err(err(&markers))?;
-        let quarantine = state_dir.join("quarantine").join(station);
+        let quarantine = quarantine_folder(state_dir, station);
         std::fs::create_dir_all(&quarantine).map_err(err(&quarantine))?;
         Ok(InFlight {
             markers,
@@ -128,9 +134,10 @@ impl InFlight {
         }
     }
 
-    /// Moves `file` into the quarantine folder, under a name no earlier quarantined file has;
-    /// returns where it went.
+    /// Moves `file` into the quarantine folder (made again when an operator removed it whole),
+    /// under a name no earlier quarantined file has; returns where it went.
     pub fn quarantine(&self, file: &Path, name: &str) -> Result<PathBuf, InFlightError> {
+        std::fs::create_dir_all(&self.quarantine).map_err(err(&self.quarantine))?;
         let mut target = self.quarantine.join(name);
         let mut n = 1;
         while target.exists() {

@@ -185,6 +185,10 @@ fn the_agent_counts_every_frame_decision_and_unreadable_image_it_was_sent() {
         0.0
     );
     assert_eq!(scraped.value("defect_agent_late_results_total", &[]), 0.0);
+    assert_eq!(
+        scraped.value("defect_agent_quarantined_frames", &[("station", "cam1")]),
+        0.0
+    );
     scraped.assert_promtool_accepts();
 
     // Prometheus asks for OpenMetrics and gets it.

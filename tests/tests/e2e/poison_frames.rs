@@ -5,15 +5,18 @@
 //! The panic comes from the agent's test-only trigger (`agent/src/fault.rs`, built into the
 //! test binaries with the `fault-injection` feature and armed by an environment variable): a
 //! frame that starts with the panic marker panics inside the isolated decode, the way a bug in
-//! an image decoder or in the inference runtime would.
+//! an image decoder or in the inference runtime would. A frame that aborts the whole agent
+//! twice is quarantined, and its station's `quarantined_frames` alarm stays raised, across
+//! restarts, until an operator empties the quarantine folder.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use defect_agent::fault;
 use defect_e2e::agent_process::{AgentProcess, AgentSettings, label_index, sample_bytes};
-use defect_e2e::broker::Mosquitto;
-use defect_e2e::subscriber::{Subscriber, Version, count_on};
+use defect_e2e::broker::{Mosquitto, free_port};
+use defect_e2e::scrape::{self, Samples, promtool_check};
+use defect_e2e::subscriber::{Received, Subscriber, Version, count_on};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -128,17 +131,48 @@ fn unit_restart_policy() -> (Duration, u32) {
     (Duration::from_secs(restart_sec), burst)
 }
 
+/// The states published on `alarms/quarantined_frames`, oldest first, as (active, value),
+/// each checked against the alarm payload's fixed fields.
+fn quarantine_states(messages: &[Received]) -> Vec<(bool, u64)> {
+    messages
+        .iter()
+        .filter(|m| m.topic.ends_with("/cam1/alarms/quarantined_frames"))
+        .map(|m| {
+            let json = m.json();
+            assert_eq!(json["v"], 1, "{}", m.text);
+            assert_eq!(json["alarm"], "quarantined_frames", "{}", m.text);
+            assert_eq!(json["unit"], "frames", "{}", m.text);
+            assert_eq!(json["limit"], 0, "{}", m.text);
+            assert_eq!(json["n"], 0, "{}", m.text);
+            assert!(json["ts"].is_u64(), "{}", m.text);
+            (
+                json["active"] == 1,
+                json["value"].as_u64().expect("integer value"),
+            )
+        })
+        .collect()
+}
+
+/// `defect_agent_quarantined_frames{station="cam1"}` in a scrape answer.
+fn quarantined_gauge(response: &scrape::Response) -> Option<f64> {
+    Samples::parse(&response.body).sum("defect_agent_quarantined_frames", &[("station", "cam1")])
+}
+
 #[test]
 fn a_frame_that_aborts_the_agent_twice_is_quarantined_and_the_line_keeps_its_decisions() {
     let (restart_after, start_limit) = unit_restart_policy();
     let broker = Mosquitto::start();
     let mut settings = AgentSettings::new(broker.port);
     settings.env = vec![(fault::ENABLE_VAR.to_owned(), "1".to_owned())];
+    let metrics = format!("127.0.0.1:{}", free_port());
+    settings.metrics = Some(metrics.clone());
     let plc = Subscriber::start(
         broker.port,
         &format!("{}/+/decision", settings.prefix),
         Version::V5,
     );
+    let alarm_topic = format!("{}/cam1/alarms/quarantined_frames", settings.prefix);
+    let scada = Subscriber::start(broker.port, &alarm_topic, Version::V5);
     let mut agent = AgentProcess::start(settings);
     let samples = sample_bytes();
     let good = |part: u64| samples[part as usize % samples.len()].0.clone();
@@ -206,5 +240,76 @@ fn a_frame_that_aborts_the_agent_twice_is_quarantined_and_the_line_keeps_its_dec
         std::fs::read(&kept).expect("the poisoned file is kept in quarantine"),
         poison
     );
+    assert!(agent.is_running(), "log:\n{}", agent.log());
+
+    // The quarantine raised its own alarm with the count, after every start had published it
+    // cleared.
+    assert!(
+        scada.wait_until(WAIT, |m| quarantine_states(m).last() == Some(&(true, 1))),
+        "quarantined_frames not raised: {:?}; log:\n{}",
+        quarantine_states(&scada.messages()),
+        agent.log()
+    );
+    let states = quarantine_states(&scada.messages());
+    // A start the poisoned frame killed may have died before it reached the broker.
+    let (cleared, raised) = states.split_at(states.len() - 1);
+    assert!(
+        !cleared.is_empty() && cleared.iter().all(|s| *s == (false, 0)),
+        "published cleared at start, until raised: {states:?}"
+    );
+    assert_eq!(raised, [(true, 1)]);
+    // Retained: a SCADA client connecting now is told at once.
+    let late = Subscriber::start(broker.port, &alarm_topic, Version::V5);
+    assert!(late.wait_until(WAIT, |m| !m.is_empty()));
+    let retained = &late.messages()[0];
+    assert!(retained.retain, "{retained:?}");
+    assert_eq!(quarantine_states(&late.messages())[0], (true, 1));
+    let log = agent.log();
+    let folder = agent.state_dir().join("quarantine/cam1");
+    assert!(
+        log.lines().any(|line| line.contains("ERROR")
+            && line.contains("quarantined_frames")
+            && line.contains(&folder.display().to_string())
+            && line.contains("part-10.jpg")),
+        "no error line names the alarm, the folder and the file; log:\n{log}"
+    );
+    let held = scrape::wait_for(&metrics, "/metrics", WAIT, |r| {
+        quarantined_gauge(r) == Some(1.0)
+    });
+    if let Err(complaints) = promtool_check(&held.body) {
+        panic!("{complaints}\nexposition:\n{}", held.body);
+    }
+
+    // A restart does not forget the file: the alarm is raised again at start, never cleared.
+    let stopped = agent.terminate(Duration::from_secs(20));
+    assert!(stopped.success(), "exit {stopped:?}; log:\n{}", agent.log());
+    let before = quarantine_states(&scada.messages()).len();
+    agent.restart();
+    assert!(
+        scada.wait_until(WAIT, |m| quarantine_states(m).len() > before),
+        "nothing on quarantined_frames after the restart; log:\n{}",
+        agent.log()
+    );
+    scrape::wait_for(&metrics, "/metrics", WAIT, |r| {
+        quarantined_gauge(r) == Some(1.0)
+    });
+
+    // The operator takes the file out of the quarantine folder: the alarm clears.
+    std::fs::remove_file(&kept).expect("the operator removes the quarantined file");
+    assert!(
+        scada.wait_until(WAIT, |m| quarantine_states(m).last() == Some(&(false, 0))),
+        "quarantined_frames not cleared: {:?}; log:\n{}",
+        quarantine_states(&scada.messages()),
+        agent.log()
+    );
+    let states = quarantine_states(&scada.messages());
+    let after_restart = &states[before..states.len() - 1];
+    assert!(
+        !after_restart.is_empty() && after_restart.iter().all(|s| *s == (true, 1)),
+        "after the restart, raised until the folder was emptied: {states:?}"
+    );
+    scrape::wait_for(&metrics, "/metrics", WAIT, |r| {
+        quarantined_gauge(r) == Some(0.0)
+    });
     assert!(agent.is_running(), "log:\n{}", agent.log());
 }
