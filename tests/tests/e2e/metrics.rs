@@ -126,6 +126,8 @@ fn the_agent_counts_every_frame_decision_and_unreadable_image_it_was_sent() {
         "inference_error",
         "deadline",
         "shutting_down",
+        "internal_error",
+        "quarantined",
     ] {
         let expected = if reason == "unreadable_image" {
             1.0
