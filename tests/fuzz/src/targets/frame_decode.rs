@@ -1,9 +1,10 @@
 //! Camera frames: bytes in, model input tensor out, through [`ModelInput::prepare`], the entry
 //! point the agent's workers call for every frame (`Classifier::classify_bytes`).
 //!
-//! Every input goes through two input paths: the shipped model's (gray, area resize, with the
-//! agent's reduced-scale JPEG decoding) and a third-party model's (RGB, bilinear, full-size
-//! decoding). A frame that decodes must give a tensor of exactly the model's input size.
+//! An input goes through one of two input paths, chosen by its length being even or odd: the
+//! shipped model's (gray, area resize, with the agent's reduced-scale JPEG decoding) and a
+//! third-party model's (RGB, bilinear, full-size decoding). A frame that decodes must give a
+//! tensor of exactly the model's input size, all values finite.
 //!
 //! The shipped model's path runs at a 30x24 input instead of 320x256: decoding, the untrusted
 //! part, then dominates each execution instead of resizing, and the agent's reduced-scale JPEG
@@ -54,25 +55,27 @@ thread_local! {
     });
 }
 
-/// Decodes and preprocesses `data` as a frame for both models.
+/// Decodes and preprocesses `data` as a frame for one of the two models.
 pub fn run(data: &[u8]) {
     PATHS.with(|paths| {
-        for (input, len) in &mut paths.borrow_mut().inputs {
-            if let Ok(prepared) = input.prepare(data) {
-                assert_eq!(
-                    prepared.tensor.len(),
-                    *len,
-                    "a decoded frame gave a tensor of the wrong size"
-                );
-                let values = prepared
-                    .tensor
-                    .to_plain_array_view::<f32>()
-                    .unwrap_or_else(|e| panic!("the input tensor is not f32: {e}"));
-                assert!(
-                    values.iter().all(|v| v.is_finite()),
-                    "a decoded frame gave a non-finite input value"
-                );
-            }
+        let mut paths = paths.borrow_mut();
+        let path = data.len() % paths.inputs.len();
+        if let Some((input, len)) = paths.inputs.get_mut(path)
+            && let Ok(prepared) = input.prepare(data)
+        {
+            assert_eq!(
+                prepared.tensor.len(),
+                *len,
+                "a decoded frame gave a tensor of the wrong size"
+            );
+            let values = prepared
+                .tensor
+                .to_plain_array_view::<f32>()
+                .unwrap_or_else(|e| panic!("the input tensor is not f32: {e}"));
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "a decoded frame gave a non-finite input value"
+            );
         }
     });
 }
