@@ -175,6 +175,12 @@ impl Model {
         &self.digest
     }
 
+    /// The optimised plan the classifiers run, for tools that look inside it (the per-operator
+    /// profile in `benches/`).
+    pub fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+
     /// The decision rule built from the manifest's thresholds.
     pub fn rule(&self) -> &DecisionRule {
         &self.rule
