@@ -186,6 +186,9 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
         .into_dimensions()
         .map_err(DecodeError::Unreadable)?;
     check_dimensions(width, height, options)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_length(bytes.len(), width, height)?;
+    }
     if format == ImageFormat::Jpeg
         && let Some((min_w, min_h)) = options.jpeg_min_size
         && let Some(frame) = decode_jpeg_scaled(bytes, width, height, min_w, min_h)?
@@ -289,6 +292,25 @@ fn from_dynamic(image: DynamicImage) -> Result<Frame, DecodeError> {
 }
 
 /// A complete JPEG ends with the EOI marker `FF D9`; some cameras pad a few bytes after it.
+/// Refuses a JPEG too short to hold the image its header declares.
+///
+/// Every Huffman-coded JPEG has a component sampled at full resolution, with one 8x8 block per
+/// 8x8 pixels, and spends at least one bit on each block (its DC code). A file with fewer bytes
+/// than a bit per block cannot be whole: the decoders fill what is missing with gray, and a
+/// few hundred bytes declaring a 50-megapixel frame would cost a worker a fifth of a second and
+/// hundreds of megabytes, then be decided as a plain gray part.
+fn check_jpeg_length(len: usize, width: u32, height: u32) -> Result<(), DecodeError> {
+    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8));
+    let least = blocks.div_ceil(8);
+    if (len as u64) < least {
+        return Err(DecodeError::Corrupt(format!(
+            "{len} bytes cannot hold the {width}x{height} JPEG its header declares (at least \
+             {least} bytes)"
+        )));
+    }
+    Ok(())
+}
+
 fn has_jpeg_end_marker(bytes: &[u8]) -> bool {
     let tail = &bytes[bytes.len().saturating_sub(64)..];
     tail.windows(2).any(|w| w == [0xff, 0xd9])
@@ -391,6 +413,39 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_jpeg_too_short_for_its_declared_size_is_refused_not_decoded_as_gray() {
+        // Found by fuzzing: 197 bytes whose header declares 7264x7245. The decoder filled the
+        // missing data with gray, and the agent passed the part.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/corrupt/52mp-declared-in-197-bytes.jpg"
+        );
+        let bytes = std::fs::read(path).expect("fixture");
+        for dct in [None, Some((16, 16))] {
+            let opts = DecodeOptions {
+                jpeg_min_size: dct,
+                ..DecodeOptions::default()
+            };
+            let err = decode(&bytes, &opts).expect_err("a 197-byte 52 MP JPEG was decoded");
+            let text = err.to_string();
+            assert!(matches!(err, DecodeError::Corrupt(_)), "{text}");
+            assert!(
+                text.contains("197 bytes cannot hold the 7264x7245 JPEG"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_length_check_passes_the_most_compressible_real_frame() {
+        // A uniform frame is the smallest JPEG of its size an encoder makes.
+        let flat = GrayImage::from_pixel(1280, 1024, Luma([128]));
+        let jpeg = encode(flat.into(), ImageFormat::Jpeg);
+        let frame = decode(&jpeg, &DecodeOptions::default()).expect("uniform frame");
+        assert_eq!((frame.width(), frame.height()), (1280, 1024));
     }
 
     #[test]
