@@ -638,6 +638,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--repo", type=Path, required=True, help="repository folder")
         p.add_argument("--keys", type=Path, required=True, help="keys folder (*.pem)")
 
+    def target_args(p: argparse.ArgumentParser) -> None:
+        """The published file, its target name and custom fields, as target commands take them."""
+        p.add_argument("--bundle", type=Path, required=True, help="file to publish")
+        p.add_argument("--name", required=True, help="flat target name, e.g. surface-classifier-3.dmb")
+        p.add_argument("--model", required=True, help='custom "model"')
+        p.add_argument("--model-version", type=int, required=True, help='custom "model_version"')
+        p.add_argument("--version", required=True, help='custom "version"')
+
     p = sub.add_parser("init", help="create a repository and its keys; empty targets v1")
     repo_and_keys(p)
     p.add_argument("--root-keys", type=int, default=3, help="root keys to generate (3)")
@@ -650,11 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets, snapshot and timestamp N+1",
     )
     repo_and_keys(p)
-    p.add_argument("--bundle", type=Path, required=True, help="file to publish")
-    p.add_argument("--name", required=True, help="flat target name, e.g. surface-classifier-1.dmb")
-    p.add_argument("--model", required=True, help='custom "model"')
-    p.add_argument("--model-version", type=int, required=True, help='custom "model_version"')
-    p.add_argument("--version", required=True, help='custom "version"')
+    target_args(p)
     p.add_argument("--stations", help='custom "stations", comma-separated (none = every station)')
     p.add_argument("--lines", help='custom "lines", comma-separated (none = every line)')
     p.set_defaults(func=cmd_add_target)
@@ -672,11 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         help="path patterns delegated to the role when it is new, comma-separated "
         "(default: the target name)",
     )
-    p.add_argument("--bundle", type=Path, required=True, help="file to publish")
-    p.add_argument("--name", required=True, help="flat target name, e.g. surface-classifier-3.dmb")
-    p.add_argument("--model", required=True, help='custom "model"')
-    p.add_argument("--model-version", type=int, required=True, help='custom "model_version"')
-    p.add_argument("--version", required=True, help='custom "version"')
+    target_args(p)
     p.set_defaults(func=cmd_add_delegated_target)
 
     p = sub.add_parser(
