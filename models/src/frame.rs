@@ -133,6 +133,10 @@ pub enum DecodeError {
     /// The JPEG decoder could not read the data (reduced-scale JPEG path).
     #[error("JPEG is corrupt or truncated")]
     UnreadableJpeg(#[source] jpeg_decoder::Error),
+    /// An image decoder panicked on the data: a decoder bug that this frame triggers. The
+    /// frame is as unreadable as a corrupt one; the text is the panic's.
+    #[error("image is corrupt: the image decoder failed on it ({0})")]
+    DecoderPanicked(String),
 }
 
 /// Limits and options for decoding untrusted frames.
@@ -158,7 +162,31 @@ impl Default for DecodeOptions {
 }
 
 /// Decodes image bytes into an 8-bit gray or RGB frame.
+///
+/// A panic inside a decoder (a bug a malformed frame can trigger, as fuzzing found in
+/// zune-jpeg 0.5.15's 4x4 IDCT) is caught here and returned as
+/// [`DecodeError::DecoderPanicked`], so every caller (the agent's workers, `classify`, the
+/// validation gate, `model-bundle`) treats that frame as unreadable and goes on.
 pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeError> {
+    // The decoders own all the state they touch; nothing of ours is left half-updated.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decode_untrusted(bytes, options)
+    }))
+    .unwrap_or_else(|panic| Err(DecodeError::DecoderPanicked(panic_text(panic.as_ref()))))
+}
+
+/// The text a panic was raised with, when it is text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without text".to_owned()
+    }
+}
+
+fn decode_untrusted(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
@@ -437,6 +465,19 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_frame_that_makes_the_jpeg_decoder_panic_is_unreadable_not_a_crash() {
+        // Found by fuzzing: 644 bytes on which zune-jpeg 0.5.15 unwraps a None in its 4x4 IDCT.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/corrupt/zune-jpeg-idct-panic.jpg"
+        );
+        let bytes = std::fs::read(path).expect("fixture");
+        let err = decode(&bytes, &DecodeOptions::default()).expect_err("decoded");
+        assert!(matches!(err, DecodeError::DecoderPanicked(_)), "{err}");
+        assert!(err.to_string().starts_with("image is corrupt"), "{err}");
     }
 
     #[test]
