@@ -78,7 +78,8 @@ pub struct AgentSection {
     #[serde(default)]
     pub model_health_file: Option<PathBuf>,
     /// Decode large JPEGs at a reduced DCT scale when the model needs far fewer pixels (never
-    /// for `area` models, whose input is the exact block mean of the full-size frame).
+    /// for `area` models, whose input is the exact block mean of the full-size frame). A model
+    /// whose manifest says `jpeg_decode = "scaled"` is always fed DCT-scaled decodes.
     #[serde(default = "default_true")]
     pub dct_scaling: bool,
     /// Largest accepted frame file or upload, in bytes.

@@ -69,7 +69,8 @@ enum Command {
         /// Print one JSON object per file.
         #[arg(long)]
         json: bool,
-        /// Decode every JPEG at full size instead of a reduced DCT scale.
+        /// Decode every JPEG at full size instead of a reduced DCT scale (except for a model
+        /// trained on DCT-scaled decodes, `jpeg_decode = "scaled"`, which always gets them).
         #[arg(long)]
         full_decode: bool,
     },

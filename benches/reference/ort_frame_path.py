@@ -1,7 +1,9 @@
 """Reference frame path a Python user would write: Pillow decode, numpy, ONNX Runtime.
 
 Run by the `frame_path` benchmark on the same files and the same ONNX model as the Rust path,
-single-threaded like one tract worker. Prints per-frame timings in milliseconds as JSON.
+single-threaded like one tract worker. Prints per-frame timings in milliseconds as JSON, and the
+machine's one-core f32 GEMM rate (`gemm_gflops`: NumPy's BLAS on 1024x1024 matrices, median of
+20; the benchmark runs this with OPENBLAS_NUM_THREADS=1), the ceiling both engines are held to.
 """
 
 import argparse
@@ -53,7 +55,22 @@ def main() -> None:
             timings["preprocess"].append((prepared - decoded) * 1000)
             timings["inference"].append((done - prepared) * 1000)
             timings["frame"].append((done - start) * 1000)
+    timings["gemm_gflops"] = gemm_gflops()
     print(json.dumps(timings))
+
+
+def gemm_gflops(n: int = 1024, runs: int = 20) -> float:
+    """Median rate of an n x n x n float32 matrix product on this thread, in GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2.0 * n**3 / float(np.median(times)) / 1e9
 
 
 if __name__ == "__main__":

@@ -156,6 +156,32 @@ pub struct Preprocess {
     /// Grid the region is cut into, one batch item per tile; one tile when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiles: Option<Tiles>,
+    /// How JPEG frames are decoded for this model; `full` when absent.
+    #[serde(default, skip_serializing_if = "JpegDecode::is_full")]
+    pub jpeg_decode: JpegDecode,
+}
+
+/// How JPEG frames are decoded before the resize.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JpegDecode {
+    /// The model was trained on full-size decodes. The agent may still decode a large JPEG at
+    /// a reduced DCT scale where that leaves at least twice the input resolution and the
+    /// resize is not `area` (whose input is the exact block mean of the full-size pixels).
+    #[default]
+    Full,
+    /// The model was trained on JPEGs decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that
+    /// still covers its input, as `model-bundle tensors` decodes them for such a manifest.
+    /// Every consumer decodes this way, so a 1280x1024 JPEG for a 320x256 input is decoded
+    /// straight to 320x256 and skips three quarters of the inverse DCT and all of the resize.
+    Scaled,
+}
+
+impl JpegDecode {
+    /// Whether this is the default, full-size decoding.
+    pub fn is_full(&self) -> bool {
+        *self == JpegDecode::Full
+    }
 }
 
 /// Resampling filter.
@@ -557,6 +583,14 @@ impl Manifest {
         {
             p.add("preprocess.tiles", "rows and cols must be 1 to 16".into());
         }
+        if pre.jpeg_decode == JpegDecode::Scaled && pre.roi.is_some() {
+            p.add(
+                "preprocess.jpeg_decode",
+                "\"scaled\" cannot be combined with a region of interest (crop in the camera, \
+                 or use \"full\")"
+                    .into(),
+            );
+        }
     }
 
     fn check_output(&self, p: &mut Problems) {
@@ -738,6 +772,42 @@ training_script = "none"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scaled_jpeg_decode_is_read_kept_and_left_out_when_full() {
+        let full = Manifest::from_toml(EXAMPLE).expect("example is valid");
+        assert_eq!(full.preprocess.jpeg_decode, JpegDecode::Full);
+        assert!(
+            !String::from_utf8_lossy(&full.to_canonical_json()).contains("jpeg_decode"),
+            "the default must not change existing manifests' canonical JSON (their digests)"
+        );
+        let scaled = Manifest::from_toml(&EXAMPLE.replace(
+            "resize = \"area\"",
+            "resize = \"area\"\njpeg_decode = \"scaled\"",
+        ))
+        .expect("scaled is valid");
+        assert_eq!(scaled.preprocess.jpeg_decode, JpegDecode::Scaled);
+        let json = scaled.to_canonical_json();
+        let text = String::from_utf8_lossy(&json);
+        assert!(text.contains(r#""jpeg_decode": "scaled""#), "{text}");
+        assert_eq!(Manifest::from_json(&json).expect("json"), scaled);
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_with_a_region_of_interest_is_refused_by_name() {
+        let mut m = Manifest::from_toml(EXAMPLE).expect("example is valid");
+        m.preprocess.jpeg_decode = JpegDecode::Scaled;
+        m.preprocess.roi = Some(Roi {
+            x: 0,
+            y: 0,
+            width: 640,
+            height: 512,
+        });
+        let err = m
+            .validate()
+            .expect_err("scaled decode with a region accepted");
+        assert!(err.to_string().contains("preprocess.jpeg_decode"), "{err}");
+    }
 
     #[test]
     fn example_parses_and_round_trips_through_json() {

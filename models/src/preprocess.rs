@@ -11,7 +11,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use tract_onnx::prelude::{Tensor, tract_ndarray};
 
 use crate::frame::Frame;
-use crate::manifest::{ColorSpace, Layout, Manifest, ResizeFilter, Roi};
+use crate::manifest::{ColorSpace, JpegDecode, Layout, Manifest, ResizeFilter, Roi};
 
 /// Why a frame could not be turned into an input tensor.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,7 @@ pub struct Preprocessor {
     height: u32,
     algorithm: ResizeAlg,
     area: bool,
+    scaled_jpeg: bool,
     roi: Option<Roi>,
     rows: u32,
     cols: u32,
@@ -109,6 +110,7 @@ impl Preprocessor {
             height: input.height() as u32,
             algorithm,
             area: pre.resize == ResizeFilter::Area,
+            scaled_jpeg: pre.jpeg_decode == JpegDecode::Scaled,
             roi: pre.roi,
             rows,
             cols,
@@ -123,14 +125,26 @@ impl Preprocessor {
         (self.width, self.height)
     }
 
-    /// The smallest frame size worth decoding for this model: twice the input size of one
-    /// tile, scaled up to the whole frame when a region or tiles cover only part of it.
+    /// The size a JPEG must be decoded to for this model, when the manifest says it was
+    /// trained on DCT-scaled decodes (`jpeg_decode = "scaled"`): the whole input, every tile
+    /// included. Every consumer (agent, validation gate, `model-bundle`) decodes this way.
+    pub fn required_decode_size(&self) -> Option<(u32, u32)> {
+        self.scaled_jpeg
+            .then_some((self.width * self.cols, self.height * self.rows))
+    }
+
+    /// The smallest frame size worth decoding for this model when the agent may choose:
+    /// the size the manifest requires (see [`Self::required_decode_size`]), else twice the
+    /// input size of one tile, scaled up to the whole frame when tiles cover only part of it.
     /// `None` when DCT-scaled decoding would not help (a region of interest is set) or would
     /// change the model input: an `area` resize is the exact block mean of the full-size
     /// pixels, as in training, and a frame decoded at a reduced DCT scale has already been
-    /// low-pass filtered differently (on the shipped sample frames it changed 18-35 % of the
-    /// input values, by up to 5, and the scores by up to 0.07).
+    /// low-pass filtered differently (on the sample frames of the first shipped model it
+    /// changed 18-35 % of the input values, by up to 5, and the scores by up to 0.07).
     pub fn min_decode_size(&self) -> Option<(u32, u32)> {
+        if self.scaled_jpeg {
+            return self.required_decode_size();
+        }
         if self.roi.is_some() || self.area {
             return None;
         }
@@ -155,11 +169,21 @@ impl Preprocessor {
         for row in 0..self.rows {
             for col in 0..self.cols {
                 let tile = tile_rect(region, row, col, self.rows, self.cols);
-                self.resize_tile(frame, tile)?;
+                // A frame already at the input size (a DCT-scaled decode for a `scaled`
+                // model) is normalised straight from the decoder's buffer, without a copy.
+                let direct = self.is_whole_input(frame, tile);
+                if !direct {
+                    self.resize_tile(frame, tile)?;
+                }
+                let source = if direct {
+                    frame.pixels()
+                } else {
+                    &self.scratch
+                };
                 let index = (row * self.cols + col) as usize;
                 let out =
                     &mut data[index * tile_pixels * channels..(index + 1) * tile_pixels * channels];
-                let (s, sq) = normalise(&self.scratch, out, &self.lut, self.layout, tile_pixels);
+                let (s, sq) = normalise(source, out, &self.lut, self.layout, tile_pixels);
                 sum += s;
                 sum_sq += sq;
             }
@@ -211,6 +235,17 @@ impl Preprocessor {
         ))
     }
 
+    /// Whether `tile` is the whole of `frame` and the frame is already the input size.
+    fn is_whole_input(&self, frame: &Frame, tile: (f64, f64, f64, f64)) -> bool {
+        tile == (
+            0.0,
+            0.0,
+            f64::from(frame.width()),
+            f64::from(frame.height()),
+        ) && frame.width() == self.width
+            && frame.height() == self.height
+    }
+
     /// Resizes one tile of `frame` into `self.scratch` (interleaved 8-bit pixels).
     fn resize_tile(
         &mut self,
@@ -223,14 +258,7 @@ impl Preprocessor {
         };
         let channels = self.color.channels();
         let (x, y, w, h) = tile;
-        let whole = (x, y, w, h)
-            == (
-                0.0,
-                0.0,
-                f64::from(frame.width()),
-                f64::from(frame.height()),
-            );
-        if whole && frame.width() == self.width && frame.height() == self.height {
+        if self.is_whole_input(frame, tile) {
             self.scratch.clear();
             self.scratch.extend_from_slice(frame.pixels());
             return Ok(());

@@ -1,41 +1,62 @@
-"""Train, validation and test sets of model-input images, generated in parallel and cached.
+"""Train, validation and test sets: camera frames rendered in parallel, model inputs from the agent.
 
-This module owns which seeds make up each split, how a seed maps to its label, and the cache
-of generated images. Splits use disjoint seed ranges, and labels cycle through `LABELS` so that
-every split is balanced over the five classes. An image is the 320x256 8-bit model input of a
-rendered frame (JPEG round trip and 4x area downscale), stored as uint8 `.npy` under
-`models/training/cache/`, next to the defect boxes in model-input pixels (int16 `.npy`, rows of
-top, left, bottom, right; -1 for good parts). A cache file's name carries a digest of the
-generator's source, so changing the scene or defect rendering regenerates the data instead of
-reusing stale images.
+This module owns which seeds make up each split, how a seed maps to its label, and the cache.
+Splits use disjoint seed ranges. Train and validation labels cycle through `LABELS`, so those
+splits are balanced over the five classes; the test split has the line's mix (about 70 % good
+parts, `render_set.label_for_seed`).
+
+Making a split takes two steps, both cached under `models/training/cache/`:
+
+1. **Frames.** Every seed is rendered at 1280x1024 and written as the line camera writes it
+   (JPEG quality 90) into an image folder, `frames-<digest>/<split>/<label>/s<seed>.jpg`, with the
+   defect boxes in frame pixels beside it (`<split>-boxes.npy`, rows of top, left, bottom, right;
+   -1 for good parts). The digest covers the scene and defect generators, so changing them
+   renders again instead of reusing stale frames.
+2. **Model inputs.** `model-bundle tensors` turns the folder into model-input tensors with the
+   agent's own Rust decode and preprocessing under `input-manifest.toml` (the shipped model's
+   input and preprocessing: JPEGs decoded at a quarter of their size by DCT scaling, straight to
+   320x256). The tensors are turned back into the 8-bit images they were normalised from
+   (exactly: normalisation is an invertible table per 8-bit value) and kept as uint8 `.npy`,
+   with a digest of the manifest's `[input]` and `[preprocess]` in the name. Training therefore
+   never decodes or resizes a frame itself: it sees exactly what the agent feeds tract.
 
 Run as a script to build (or check) what training needs: `python dataset.py`.
 """
 
 import hashlib
 import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 import preprocess
+import tensors_io
 from defects import LABELS
 from surfaces import render
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / "cache"
+INPUT_MANIFEST = HERE / "input-manifest.toml"
 WORKERS = 2
+TEST_GOOD_SHARE = 0.7
+"""Share of good parts in the test split, as on the line."""
 
 
 @dataclass(frozen=True)
 class Split:
-    """A contiguous range of frame seeds."""
+    """A contiguous range of frame seeds; `good_share` set means the line's label mix."""
 
     name: str
     start: int
     count: int
+    good_share: float | None = None
 
     @property
     def seeds(self) -> range:
@@ -44,51 +65,134 @@ class Split:
 
     def describe(self) -> str:
         """Human-readable seed range, such as `train seeds 0-5999`."""
-        return f"{self.name} seeds {self.start}-{self.start + self.count - 1}"
+        mix = f", {round(self.good_share * 100)} % good" if self.good_share is not None else ""
+        return f"{self.name} seeds {self.start}-{self.start + self.count - 1}{mix}"
+
+    def label_of(self, seed: int) -> int:
+        """Class index of the frame rendered from `seed` in this split."""
+        if self.good_share is None:
+            return label_of(seed)
+        from render_set import label_for_seed
+
+        return LABELS.index(label_for_seed(seed, self.good_share))
 
 
 TRAIN = Split("train", 0, 10000)
 VALIDATION = Split("validation", 100_000, 1500)
-TEST = Split("test", 200_000, 2000)
+TEST = Split("test", 450_000, 2000, TEST_GOOD_SHARE)
 SAMPLES = Split("samples", 300_000, 30)
 SPLITS = (TRAIN, VALIDATION, TEST)
 
 
 def label_of(seed: int) -> int:
-    """Class index of the frame rendered from `seed`."""
+    """Class index of a frame of the balanced splits (train, validation, samples)."""
     return seed % len(LABELS)
 
 
-def model_input_for_seed(seed: int) -> np.ndarray:
-    """The 320x256 model-input image of the frame rendered from `seed`."""
-    return labelled_input_for_seed(seed)[0]
-
-
-def labelled_input_for_seed(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The model-input image of `seed` and its defect box in model-input pixels (all -1 if good)."""
-    frame = render(seed, LABELS[label_of(seed)])
+def _render_one(seed: int, label: int, folder: Path) -> np.ndarray:
+    """Renders the frame of `seed`, writes its JPEG into `folder` and returns its defect box."""
+    frame = render(seed, LABELS[label])
+    path = folder / LABELS[label] / f"s{seed}.jpg"
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(preprocess.encode_jpeg(frame.pixels))
+    temporary.replace(path)
     box = np.full(4, -1, np.int16)
     if frame.defect_box is not None:
-        top, left, bottom, right = frame.defect_box
-        f = preprocess.FACTOR
-        box[:] = (top // f, left // f, -(-bottom // f), -(-right // f))
-    return preprocess.model_input_image(frame.pixels), box
+        box[:] = frame.defect_box
+    return box
+
+
+def frames(split: Split) -> tuple[Path, np.ndarray]:
+    """The image folder of `split` and its defect boxes in frame pixels, rendered when not cached."""
+    root = CACHE_DIR / f"frames-{generator_digest()}"
+    folder, boxes_path = root / split.name, root / f"{split.name}-{split.start}-{split.count}-boxes.npy"
+    if boxes_path.exists():
+        return folder, np.load(boxes_path)
+    for label in LABELS:
+        (folder / label).mkdir(parents=True, exist_ok=True)
+    labels = [split.label_of(s) for s in split.seeds]
+    boxes = np.empty((split.count, 4), np.int16)
+    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+        jobs = pool.starmap(partial(_render_one, folder=folder), zip(split.seeds, labels), chunksize=8)
+        for i, box in enumerate(jobs):
+            boxes[i] = box
+    _save(boxes_path, boxes)
+    return folder, boxes
+
+
+def model_inputs(split: Split) -> np.ndarray:
+    """The 8-bit model-input images (N, 256, 320) of `split` in seed order, as the agent makes them."""
+    folder, _ = frames(split)
+    path = CACHE_DIR / f"{split.name}-{split.start}-{split.count}-{generator_digest()}-{input_digest()}.npy"
+    if path.exists():
+        return np.load(path)
+    images, files = agent_images(folder)
+    index = {int(Path(f).stem.lstrip("s")): i for i, f in enumerate(files)}
+    missing = [s for s in split.seeds if s not in index]
+    if missing:
+        raise SystemExit(f"model-bundle tensors skipped {len(missing)} frame(s) of {split.describe()}, first seed {missing[0]}")
+    ordered = images[[index[s] for s in split.seeds]]
+    _save(path, ordered)
+    return ordered
+
+
+def agent_images(folder: Path) -> tuple[np.ndarray, list[str]]:
+    """The 8-bit model-input images of every frame in an image folder, through the agent's own
+    decode and preprocessing (`model-bundle tensors` under `input-manifest.toml`), with the file
+    each came from."""
+    CACHE_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tensors-", dir=CACHE_DIR) as out:
+        subprocess.run(
+            [model_bundle(), "tensors", str(folder), "--manifest", str(INPUT_MANIFEST), "--out", out],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        tensors = tensors_io.load(out)
+        return to_images(np.asarray(tensors.inputs)), list(tensors.files)
+
+
+def to_images(inputs: np.ndarray, chunk: int = 500) -> np.ndarray:
+    """The 8-bit images (N, H, W) that normalised single-channel NCHW inputs were made from,
+    converted `chunk` frames at a time (the float inputs of a split can exceed memory)."""
+    images = np.empty((inputs.shape[0], *inputs.shape[2:]), np.uint8)
+    for start in range(0, len(inputs), chunk):
+        values = (np.asarray(inputs[start : start + chunk, 0], np.float64) * preprocess.STD + preprocess.MEAN) / preprocess.SCALE
+        rounded = np.rint(values)
+        if np.abs(values - rounded).max() > 0.01 or rounded.min() < 0 or rounded.max() > 255:
+            raise SystemExit("model-bundle tensors did not normalise with the manifest's mean and std")
+        images[start : start + chunk] = rounded
+    return images
+
+
+def model_bundle() -> str:
+    """The `model-bundle` tool: on PATH, else the workspace's release or debug build."""
+    found = shutil.which("model-bundle")
+    if found:
+        return found
+    root = HERE.parent.parent / "target"
+    for profile in ("release", "debug"):
+        candidate = root / profile / "model-bundle"
+        if candidate.exists():
+            return str(candidate)
+    raise SystemExit("model-bundle not found: `cargo build --release -p defect-models --bin model-bundle`")
 
 
 def load(split: Split, with_boxes: bool = False) -> tuple[np.ndarray, ...]:
     """Images (N, 256, 320) uint8 and labels (N,) int64 of a split, and with `with_boxes` also
-    the defect boxes (N, 4) int16; from the cache, or freshly made when not cached."""
-    stem = CACHE_DIR / f"{split.name}-{split.start}-{split.count}-{generator_digest()}"
-    images_path, boxes_path = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + "-boxes.npy")
-    if images_path.exists() and (boxes_path.exists() or not with_boxes):
-        images = np.load(images_path)
-        boxes = np.load(boxes_path) if with_boxes else None
-    else:
-        images, boxes = generate(split.seeds)
-        _save(images_path, images)
-        _save(boxes_path, boxes)
-    labels = np.array([label_of(s) for s in split.seeds], dtype=np.int64)
-    return (images, labels, boxes) if with_boxes else (images, labels)
+    the defect boxes in model-input pixels (N, 4) int16."""
+    images = model_inputs(split)
+    labels = np.array([split.label_of(s) for s in split.seeds], dtype=np.int64)
+    if not with_boxes:
+        return images, labels
+    _, boxes = frames(split)
+    f = preprocess.FACTOR
+    scaled = np.where(boxes[:, :1] >= 0, np.concatenate([boxes[:, :2] // f, -(-boxes[:, 2:] // f)], axis=1), -1)
+    return images, labels, scaled.astype(np.int16)
+
+
+def model_input_for_seed(split: Split, seed: int) -> np.ndarray:
+    """The 8-bit model-input image of one seed of `split`."""
+    return model_inputs(split)[seed - split.start]
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -99,30 +203,30 @@ def _save(path: Path, array: np.ndarray) -> None:
     temporary.replace(path)
 
 
-def generate(seeds: range) -> tuple[np.ndarray, np.ndarray]:
-    """Model-input images and defect boxes of `seeds`, rendered by `WORKERS` processes, in seed order."""
-    images = np.empty((len(seeds), preprocess.INPUT_HEIGHT, preprocess.INPUT_WIDTH), np.uint8)
-    boxes = np.empty((len(seeds), 4), np.int16)
-    with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
-        for i, (image, box) in enumerate(pool.imap(labelled_input_for_seed, seeds, chunksize=8)):
-            images[i], boxes[i] = image, box
-    return images, boxes
-
-
 def generator_digest() -> str:
-    """Short digest of everything that decides a cached image's pixels."""
+    """Short digest of everything that decides a rendered frame's pixels and file."""
     digest = hashlib.sha256()
     for name in ("surfaces.py", "defects.py"):
         digest.update((HERE / name).read_bytes())
-    digest.update(f"jpeg={preprocess.JPEG_QUALITY} factor={preprocess.FACTOR}".encode())
+    digest.update(f"jpeg={preprocess.JPEG_QUALITY}".encode())
     return digest.hexdigest()[:12]
 
 
+def input_digest() -> str:
+    """Short digest of the input manifest, which decides how a frame becomes the model input."""
+    return hashlib.sha256(INPUT_MANIFEST.read_bytes()).hexdigest()[:12]
+
+
 def main() -> None:
-    """Builds every split (with defect boxes for training) and reports its size and generation time."""
+    """Renders every split, makes its model inputs and reports their size and the time taken."""
+    only_frames = "--frames-only" in os.sys.argv
     for split in SPLITS:
         began = time.perf_counter()
-        images, labels = load(split, with_boxes=split is TRAIN)[:2]
+        if only_frames:
+            folder, _ = frames(split)
+            print(f"{split.describe()}: frames in {folder} ({time.perf_counter() - began:.0f} s)", flush=True)
+            continue
+        images, labels = load(split)
         counts = np.bincount(labels, minlength=len(LABELS)).tolist()
         print(f"{split.describe()}: {images.shape} per class {counts} in {time.perf_counter() - began:.0f} s", flush=True)
 

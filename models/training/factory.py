@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 import export
-from model import STAGES, SurfaceNet, count_macs
+from model import STAGES, SurfaceNet, count_macs, min_input_side
 from train import seed_everything
 
 HERE = Path(__file__).resolve().parent
@@ -277,17 +277,16 @@ def bundle_manifest(manifest: Path, out: Path, provenance: dict[str, str]) -> Pa
     return derived
 
 
-def build_model(stages: tuple[tuple[int, int], ...], classes: int, channels: int) -> SurfaceNet:
+def build_model(stages: tuple[tuple[int, ...], ...], classes: int, channels: int) -> SurfaceNet:
     """A SurfaceNet for `classes` labels whose first convolution takes `channels` input channels.
 
-    The network pools globally, so any input height and width work; only the channel count of
-    its first layer depends on the input.
+    `stages` are (output channels, kernel, stride, padding); the (output channels, stride) pairs
+    that checkpoints of the first architecture saved mean a padded 3x3 convolution. The network
+    pools globally, so any input height and width work; only the channel count of its first layer
+    depends on the input.
     """
-    model = SurfaceNet(stages, classes=classes)
-    if channels != 1:
-        first = model.features[0]
-        model.features[0] = nn.Conv2d(channels, first.out_channels, 3, stride=first.stride, padding=1, bias=False)
-    return model
+    full = tuple(tuple(s) if len(s) == 4 else (s[0], 3, s[1], 1) for s in stages)
+    return SurfaceNet(full, classes=classes, channels=channels)
 
 
 def load_checkpoint(path: Path, spec: Spec) -> tuple[SurfaceNet, dict]:
@@ -325,8 +324,18 @@ def load_bundle_network(path: Path, spec: Spec) -> tuple[SurfaceNet, dict]:
     weights = {i.name: torch.from_numpy(onnx.numpy_helper.to_array(i).copy()) for i in graph.initializer}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
-    strides = [next((list(a.ints) for a in n.attribute if a.name == "strides"), [1, 1])[0] for n in convs]
-    stages = tuple((int(weights[n.input[1]].shape[0]), int(s)) for n, s in zip(convs, strides))
+    def attribute(node, name: str, default: list[int]) -> list[int]:
+        return next((list(a.ints) for a in node.attribute if a.name == name), default)
+
+    stages = tuple(
+        (
+            int(weights[n.input[1]].shape[0]),
+            int(weights[n.input[1]].shape[-1]),
+            int(attribute(n, "strides", [1, 1])[0]),
+            int(attribute(n, "pads", [0, 0, 0, 0])[0]),
+        )
+        for n in convs
+    )
     model = build_model(stages, len(spec.labels), spec.channels)
     layers = [m for m in model.features if isinstance(m, nn.Conv2d)]
     norms = [m for m in model.features if isinstance(m, nn.BatchNorm2d)]
@@ -694,6 +703,14 @@ def main() -> None:
         print(f"starting from {args.init} ({'its network' if saved.get('epoch') is None else 'epoch ' + str(saved['epoch']) + ' of its run'})", flush=True)
     else:
         model = build_model(STAGES, len(spec.labels), spec.channels)
+    smallest = min_input_side(tuple(
+        (m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]) for m in model.features if isinstance(m, nn.Conv2d)
+    ))
+    if min(spec.nchw[2:]) < smallest:
+        raise SystemExit(
+            f"factory: {args.manifest}: the input {spec.nchw[3]}x{spec.nchw[2]} is too small for this network, "
+            f"which needs at least {smallest}x{smallest} pixels; make [input] shape larger"
+        )
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
@@ -725,7 +742,9 @@ def main() -> None:
     balance = not args.no_balance
     model, history, best_epoch = fit(model, data, train_idx, validation, val_idx, spec, args.epochs, args.learning_rate, balance)
     training_seconds = time.perf_counter() - began
-    stages = [[m.out_channels, m.stride[0]] for m in model.features if isinstance(m, nn.Conv2d)]
+    stages = [
+        [m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0]] for m in model.features if isinstance(m, nn.Conv2d)
+    ]
     torch.save(
         {
             "state_dict": model.state_dict(),

@@ -29,6 +29,8 @@ SHIPPED = HERE.parent / "shipped"
 SAMPLES_DIR = HERE.parent / "samples"
 ONNX_PATH = SHIPPED / "surface-classifier.onnx"
 METRICS_PATH = HERE / "out" / "metrics.json"
+JPEG_DECODE = tomllib.loads(dataset.INPUT_MANIFEST.read_text())["preprocess"].get("jpeg_decode", "full")
+"""How the training inputs were decoded (`input-manifest.toml`); the bundle's manifest says the same."""
 GOLDEN_PER_CLASS = 2
 SAMPLES_PER_CLASS = 6
 
@@ -44,10 +46,10 @@ def write_golden(session) -> list[tuple[str, list[float]]]:
     (SHIPPED / "golden").mkdir(parents=True, exist_ok=True)
     golden = []
     for index, label in enumerate(LABELS):
-        seeds = [s for s in dataset.TEST.seeds if dataset.label_of(s) == index][:GOLDEN_PER_CLASS]
+        seeds = [s for s in dataset.TEST.seeds if dataset.TEST.label_of(s) == index][:GOLDEN_PER_CLASS]
         for number, seed in enumerate(seeds):
             name = f"golden/{label}-{number}.png"
-            Image.fromarray(dataset.model_input_for_seed(seed), mode="L").save(SHIPPED / name)
+            Image.fromarray(dataset.model_input_for_seed(dataset.TEST, seed), mode="L").save(SHIPPED / name)
             pixels = np.asarray(Image.open(SHIPPED / name).convert("L"))
             scores = export.onnx_scores(session, preprocess.normalise(pixels))[0]
             golden.append((name, [round(float(s), 6) for s in scores]))
@@ -99,6 +101,7 @@ def manifest_text(golden: list, base: dict, thresholds: dict[str, float], report
         "",
         "[preprocess]",
         'resize = "area"',
+        *([f'jpeg_decode = "{JPEG_DECODE}"'] if JPEG_DECODE != "full" else []),
         f"scale = {preprocess.SCALE!r}",
         f"mean = [{preprocess.MEAN}]",
         f"std = [{preprocess.STD}]",
@@ -139,20 +142,27 @@ def manifest_text(golden: list, base: dict, thresholds: dict[str, float], report
 
 
 def write_samples(session, thresholds: dict[str, float]) -> list[str]:
-    """Writes full-resolution JPEG sample frames and labels.csv; returns the misclassified ones."""
+    """Writes full-resolution JPEG sample frames and labels.csv; returns the misclassified ones.
+
+    Each sample is checked through the agent's own decode and preprocessing
+    (`dataset.agent_images`), the path it takes on the line."""
     SAMPLES_DIR.mkdir(parents=True, exist_ok=True)
-    rows, wrong = ["file,label"], []
+    rows, names = ["file,label"], {}
     for number, seed in enumerate(dataset.SAMPLES.seeds, start=1):
         label = LABELS[dataset.label_of(seed)]
         name = f"{number:04d}-{label}.jpg"
         (SAMPLES_DIR / name).write_bytes(preprocess.encode_jpeg(render_frame(seed, label)))
         rows.append(f"{name},{label}")
-        image = preprocess.area_downscale(preprocess.decode_jpeg((SAMPLES_DIR / name).read_bytes()))
+        names[name] = label
+    (SAMPLES_DIR / "labels.csv").write_text("\n".join(rows) + "\n")
+    images, files = dataset.agent_images(SAMPLES_DIR / "labels.csv")
+    wrong = []
+    for image, file in zip(images, files, strict=True):
+        name = Path(file).name
         scores = export.onnx_scores(session, preprocess.normalise(image))
         decided = LABELS[metrics.decide(scores, thresholds)[0]]
-        if decided != label:
+        if decided != names[name]:
             wrong.append(f"{name} decided {decided} (scores {np.round(scores[0], 3).tolist()})")
-    (SAMPLES_DIR / "labels.csv").write_text("\n".join(rows) + "\n")
     return wrong
 
 

@@ -2,9 +2,12 @@
 
 This module owns the architecture: a plain stack of 3x3 convolutions with BatchNorm and ReLU,
 downsampling by stride 2, for one 256x320 gray input image. There are no depthwise or grouped
-convolutions, which the tract inference engine runs slowly on x86. The head concatenates global
-max pooling (so a defect covering a few pixels still dominates a channel) with global average
-pooling (the overall look of the surface) and maps them to one logit per label.
+convolutions, which the tract inference engine runs slowly on x86. `STAGES` is the shipped
+model's (1.0.0); `SurfaceNet` takes any kernel, stride and padding per stage, which is how the
+faster candidates in RESULTS.md ("Towards a faster network") were trained. The head
+concatenates global max pooling (so a defect covering a few pixels still dominates a channel)
+with global average pooling (the overall look of the surface) and maps them to one logit per
+label.
 
 During training a 1x1 convolution on the last feature map also predicts, per cell, whether a
 defect lies there. Supervising it with the defect's position tells the network where to look,
@@ -20,20 +23,23 @@ from defects import LABELS
 INPUT_SHAPE = (1, 1, 256, 320)
 """The model's input shape, NCHW."""
 
-STAGES = ((12, 2), (24, 2), (32, 2), (32, 1), (64, 2), (64, 1), (128, 2))
-"""(output channels, stride) of each 3x3 convolution, in order."""
+STAGES = ((12, 3, 2, 1), (24, 3, 2, 1), (32, 3, 2, 1), (32, 3, 1, 1), (64, 3, 2, 1), (64, 3, 1, 1), (128, 3, 2, 1))
+"""(output channels, kernel size, stride, padding) of each convolution, in order: the shipped
+model's. `factory.py --init` reads a bundle's own layout from its graph, so it also takes a
+network trained with other stages."""
 
 
 class SurfaceNet(nn.Module):
-    """Five-class surface classifier: (N, 1, 256, 320) normalised images to (N, 5) logits."""
+    """Surface classifier: (N, channels, 256, 320) normalised images to (N, classes) logits."""
 
-    def __init__(self, stages: tuple[tuple[int, int], ...] = STAGES, classes: int = len(LABELS)) -> None:
+    def __init__(
+        self, stages: tuple[tuple[int, int, int, int], ...] = STAGES, classes: int = len(LABELS), channels: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
-        channels = 1
-        for width, stride in stages:
+        for width, kernel, stride, padding in stages:
             layers += [
-                nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
+                nn.Conv2d(channels, width, kernel, stride=stride, padding=padding, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
             ]
@@ -49,7 +55,8 @@ class SurfaceNet(nn.Module):
         return self._classify(self.features(x))
 
     def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and the per-cell defect-presence logits (N, 1, H/32, W/32), for training."""
+        """Logits and the per-cell defect-presence logits (N, 1, rows, cols) of the last
+        feature map, for training."""
         features = self.features(x)
         return self._classify(features), self.defect_map(features)
 
@@ -57,6 +64,14 @@ class SurfaceNet(nn.Module):
         """Logits from the last feature map through max and average pooling."""
         pooled = torch.cat([self.max_pool(features), self.avg_pool(features)], dim=1)
         return self.classifier(torch.flatten(pooled, 1))
+
+
+def min_input_side(stages: tuple[tuple[int, int, int, int], ...] = STAGES) -> int:
+    """The smallest input height and width the stages leave at least one output pixel for."""
+    side = 1
+    for _, kernel, stride, padding in reversed(stages):
+        side = max(1, (side - 1) * stride + kernel - 2 * padding)
+    return side
 
 
 def count_macs(model: nn.Module, shape: tuple[int, ...] = INPUT_SHAPE) -> int:

@@ -32,7 +32,8 @@ LABEL_STREAM = 0x1ABE1
 RESERVED = (
     ("dataset.py train", 0, 9999),
     ("dataset.py validation", 100_000, 101_499),
-    ("dataset.py test", 200_000, 201_999),
+    ("test set of the first shipped model (1.0.0)", 200_000, 201_999),
+    ("dataset.py test", 450_000, 451_999),
     ("dataset.py samples", 300_000, 300_029),
     ("drift fixture", 310_000, 313_999),
 )
