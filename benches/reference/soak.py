@@ -7,8 +7,10 @@ camera's FTP upload lands. Every 10 s it samples the agent's resident set (`VmRS
 (`VmHWM`) from /proc, and counts the decisions a subscriber received. Prints a summary and writes
 every sample to `--csv`.
 
-Growth is measured from the resident set after the warm-up minute to the end of the run; the
-peak is the kernel's high-water mark over the whole run.
+Growth is reported two ways after the warm-up minute: from that minute's sample to the last,
+and as the least-squares trend over every sample, scaled to 30 minutes (the resident set moves
+by a few MiB between samples as the allocator reuses memory). The peak is the kernel's
+high-water mark over the whole run.
 """
 
 import argparse
@@ -53,6 +55,22 @@ def memory_kib(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields["VmRSS"], fields["VmHWM"]
+
+
+def rss_trend_per_30_minutes(samples: list[tuple]) -> float:
+    """Least-squares slope of the resident set (KiB) over time, scaled to 30 minutes; the
+    resident set moves by a few MiB from sample to sample as the allocator reuses memory, so
+    two end points alone say little."""
+    if len(samples) < 2:
+        return 0.0
+    xs = [s[0] for s in samples]
+    ys = [s[4] for s in samples]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return 0.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var
+    return slope * 1800.0
 
 
 def wait_for_port(port: int, seconds: float = 10.0) -> None:
@@ -168,8 +186,10 @@ after = "delete"
     warm = next((s for s in samples if s[0] >= 60.0), samples[0])
     last = samples[-1]
     growth = 100.0 * (last[4] - warm[4]) / warm[4]
+    trend = 100.0 * rss_trend_per_30_minutes([s for s in samples if s[0] >= 60.0]) / warm[4]
     print(f"soak: {args.minutes:g} min at {args.rate:g} frames/s, {last[1]} frames sent, {last[2]} decisions received ({last[3]} no decision)")
-    print(f"RSS after the warm-up minute {warm[4] / 1024:.1f} MiB, at the end {last[4] / 1024:.1f} MiB: growth {growth:+.2f} %")
+    print(f"RSS after the warm-up minute {warm[4] / 1024:.1f} MiB, at the end {last[4] / 1024:.1f} MiB: {growth:+.2f} %")
+    print(f"RSS trend after warm-up (least-squares slope over every sample): {trend:+.2f} % per 30 min")
     print(f"peak RSS (VmHWM) {last[5] / 1024:.1f} MiB; samples in {args.csv}")
     shutil.rmtree(work, ignore_errors=True)
     if last[2] < last[1]:
