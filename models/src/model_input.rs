@@ -110,6 +110,7 @@ mod tests {
 
     use super::*;
     use crate::manifest::{EXAMPLE, JpegDecode, ResizeFilter};
+    use crate::preprocess::tests::values;
 
     fn jpeg(width: u32, height: u32) -> Vec<u8> {
         let img = GrayImage::from_fn(width, height, |x, y| Luma([((x * 7 + y * 3) % 251) as u8]));
@@ -125,16 +126,9 @@ mod tests {
         m
     }
 
-    /// The tensor of `bytes` through `input`, as the 0-255 values it was normalised from.
+    /// The input tensor of `bytes` through `input`, as its values.
     fn tensor(input: &mut ModelInput, bytes: &[u8]) -> Vec<f32> {
-        let prepared = input.prepare(bytes).expect("prepare");
-        prepared
-            .tensor
-            .to_plain_array_view::<f32>()
-            .expect("f32")
-            .iter()
-            .copied()
-            .collect()
+        values(&input.prepare(bytes).expect("prepare").tensor)
     }
 
     #[test]

@@ -425,7 +425,7 @@ fn normalise(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::manifest::{EXAMPLE, Tiles};
 
@@ -452,7 +452,8 @@ mod tests {
         m
     }
 
-    fn values(tensor: &Tensor) -> Vec<f32> {
+    /// The values of an f32 tensor, in memory order.
+    pub(crate) fn values(tensor: &Tensor) -> Vec<f32> {
         tensor
             .to_plain_array_view::<f32>()
             .expect("f32")
