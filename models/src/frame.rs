@@ -175,14 +175,14 @@ pub fn decode(bytes: &[u8], options: &DecodeOptions) -> Result<Frame, DecodeErro
     .unwrap_or_else(|panic| Err(DecodeError::DecoderPanicked(panic_text(panic.as_ref()))))
 }
 
-/// The text a panic was raised with, when it is text.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+/// The text a panic was raised with, when it is text (for reports of a caught panic).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(text) = panic.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = panic.downcast_ref::<String>() {
         text.clone()
     } else {
-        "a panic without text".to_owned()
+        "a panic without a message".to_owned()
     }
 }
 

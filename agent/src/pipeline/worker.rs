@@ -17,7 +17,6 @@
 //! and logged the same way and never touches the frame's outcome, which is already out.
 
 use defect_shared::error_chain::Chain;
-use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -175,7 +174,7 @@ impl Worker {
             Err(panic) => {
                 // The classifier may be half way through a frame: never run it again.
                 self.classifier = None;
-                let message = panic_message(panic.as_ref());
+                let message = defect_models::frame::panic_text(panic.as_ref());
                 tracing::error!(
                     station = %ticket.station,
                     part = ticket.part,
@@ -278,7 +277,7 @@ impl Worker {
                 tracing::error!(
                     station = %ticket.station,
                     part = ticket.part,
-                    panic = %panic_message(panic.as_ref()),
+                    panic = %defect_models::frame::panic_text(panic.as_ref()),
                     "a hook on the decided frame panicked; the frame's outcome stands"
                 );
             }
@@ -299,17 +298,6 @@ impl Worker {
             }
         };
         Ok(self.classifier.insert(classifier))
-    }
-}
-
-/// The text a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn Any + Send)) -> String {
-    if let Some(text) = panic.downcast_ref::<&str>() {
-        (*text).to_owned()
-    } else if let Some(text) = panic.downcast_ref::<String>() {
-        text.clone()
-    } else {
-        "a panic without a message".to_owned()
     }
 }
 
